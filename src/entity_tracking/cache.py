@@ -1,0 +1,117 @@
+"""Result files named by their parameters, so an expensive experiment runs once and a chapter rereads it.
+
+A chapter calls ``cached("circuit", params, compute)``: the file name holds the experiment's name and a
+hash of its parameters (which include the model's weight hash where a model is involved, see
+`model_fingerprint`), so changing any parameter or retraining a model computes afresh instead of
+reading a stale file. Files are JSON (tables as records, dicts, lists) written atomically, so an
+interrupted run never leaves half a file that a later run would trust.
+
+The directory is ``results/`` at the repository root (``ET_RESULTS_DIR`` overrides it). The book commits
+these files: nbval then checks that each chapter still runs and prints the same numbers, within the CI
+budget, while ``scripts/execute_chapters.sh --fresh`` (``ET_CACHE=0``) recomputes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+ENV_DIR = "ET_RESULTS_DIR"
+ENV_SWITCH = "ET_CACHE"  # "0": ignore stored files (recompute and overwrite)
+
+
+def results_dir() -> Path:
+    """Where result files live: $ET_RESULTS_DIR, else results/ at the repository root."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
+    return Path(__file__).resolve().parents[2] / "results"
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _canonical(asdict(value))
+    return str(value)
+
+
+def params_key(params: dict) -> str:
+    """A short stable hash of the parameters (order of keys does not matter)."""
+    text = json.dumps(_canonical(params), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def result_path(name: str, params: dict) -> Path:
+    return results_dir() / f"{name}-{params_key(params)}.json"
+
+
+def model_fingerprint(lm) -> str:
+    """Identifies the weights a result was computed with: the manifest hash for an organism (or any
+    local checkpoint with a manifest), the hub id otherwise; authors' hooks are part of it."""
+    from .models import verify_checkpoint
+
+    parts = []
+    for source in (lm.spec.base, lm.spec.adapter):
+        if source is None:
+            continue
+        manifest = verify_checkpoint(source) if Path(source).is_dir() else None
+        if manifest:
+            parts.append(hashlib.sha256(json.dumps(manifest.get("sha256", {}), sort_keys=True).encode()).hexdigest()[:12])
+        else:
+            parts.append(str(source))
+    return "+".join(parts) + (":authors" if getattr(lm, "authors_compat", False) else "")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return {"__frame__": json.loads(value.to_json(orient="split", double_precision=15))}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__frame__"}:
+            frame = value["__frame__"]
+            return pd.DataFrame(frame["data"], index=frame["index"], columns=frame["columns"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def save_json(path: Path, payload: Any) -> None:
+    """Write atomically: a temp file in the same directory, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def cached(name: str, params: dict, compute: Callable[[], Any]) -> Any:
+    """The stored result of ``compute()`` for these parameters, computing and storing it if absent.
+
+    The result may be a DataFrame, or dicts/lists of DataFrames and JSON values (tuples come back as
+    lists, floats rounded to 15 significant digits)."""
+    path = result_path(name, params)
+    if path.is_file() and os.environ.get(ENV_SWITCH, "1") != "0":
+        stored = json.loads(path.read_text())
+        return _decode(stored["result"])
+    payload = {"name": name, "params": _canonical(params), "result": _encode(compute())}
+    save_json(path, payload)
+    # Return what a later run will read back, so a chapter prints the same whether it computed or read.
+    return _decode(json.loads(json.dumps(payload["result"])))

@@ -1,0 +1,240 @@
+"""DCM and the activation-patching check, pinned on tiny random models through equivalences and a
+planted head (a random model tracks no entities, so no test relies on its accuracy)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from entity_tracking import data as D
+from entity_tracking import dcm
+from entity_tracking import models
+from entity_tracking import patching as P
+from entity_tracking.circuit import GROUPS
+from tiny import tiny, tiny_dir  # noqa: F401  (fixtures)
+
+torch.set_num_threads(1)
+
+N_BOXES = 3
+SMALL = dcm.DCMConfig(n_train=48, n_val=16, n_test=16, batch_size=16, n_boxes=N_BOXES, eval_every=1)
+ALL_HEADS = [(layer, head) for layer in range(2) for head in range(4)]
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny):
+    ds = tiny.dataset(N_BOXES, 24, seed=0)
+    pairs = D.desideratum_pairs("positional", ds, 12, seed=1)
+    return dcm.pairs_to(D.tokenize_pairs(pairs, tiny.tokenizer), tiny.device)
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+@torch.no_grad()
+def test_mask_of_ones_reproduces_the_base_run(tiny, pairs, group):
+    data = dcm.prepare_patch_data(tiny.model, pairs, ALL_HEADS, group)
+    logits = dcm.blended_logits(tiny.model, data.tokens, ALL_HEADS, torch.ones(len(ALL_HEADS)),
+                                data.base_index, data.source_z)
+    assert torch.equal(logits, tiny.model(pairs.base.tokens))
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+@torch.no_grad()
+def test_mask_of_zeros_equals_activation_patching_of_the_group(tiny, pairs, group):
+    heads = [(0, 1), (0, 3), (1, 0), (1, 2)]
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, group)
+    zeros = torch.zeros(len(heads))
+    logits = dcm.blended_logits(tiny.model, data.tokens, heads, zeros, data.base_index, data.source_z)
+    expected = P.activation_patch(tiny.model, pairs.base, pairs.source, P.heads_at(heads, GROUPS[group]))
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert not torch.allclose(logits, tiny.model(pairs.base.tokens), atol=1e-3)
+
+
+@torch.no_grad()
+def test_mask_mixes_base_and_source_head_outputs_linearly(tiny, pairs):
+    heads, m = [(1, 1), (1, 3)], torch.tensor([0.25, 0.75])
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, "position_detector")
+    seen = {}
+    record = (P.z_name(1), lambda z, hook: seen.setdefault("z", z.detach().clone()))
+    blend = dcm.blend_hooks(tiny.model, heads, m, data.base_index, data.source_z)
+    P.run_with_hooks(tiny.model, data.tokens, [*blend, record])
+    _, clean = P.head_outputs(tiny.model, data.tokens)
+    rows, pos = torch.arange(len(data)), data.base_index
+    for k, (layer, head) in enumerate(heads):
+        want = m[k] * clean[layer, rows, pos, head] + (1 - m[k]) * data.source_z[:, k]
+        assert torch.allclose(seen["z"][rows, pos, head], want, atol=1e-6)
+    untouched = torch.ones_like(seen["z"][..., 0], dtype=torch.bool)
+    untouched[rows, pos, 1] = untouched[rows, pos, 3] = False
+    assert torch.equal(seen["z"][untouched], clean[1][untouched])
+
+
+def test_structure_readers_use_each_prompts_own_position_unless_authors_compat(tiny, pairs):
+    base_idx, src_idx = dcm.patch_positions(pairs.base, pairs.source, "structure_reader")
+    assert torch.equal(base_idx, pairs.base.positions["prev_query_label"])
+    assert torch.equal(src_idx, pairs.source.positions["prev_query_label"])
+    assert not torch.equal(base_idx, src_idx)
+    _, src_w3 = dcm.patch_positions(pairs.base, pairs.source, "structure_reader", base_index_in_source=True)
+    assert torch.equal(src_w3, base_idx)
+    _, src_last = dcm.patch_positions(pairs.base, pairs.source, "value_fetcher", base_index_in_source=True)
+    assert torch.equal(src_last, pairs.source.positions["last"])
+
+
+def test_gradient_reaches_the_mask_and_not_the_model(tiny, pairs):
+    data = dcm.prepare_patch_data(tiny.model, pairs, ALL_HEADS, "position_transmitter")
+    mask = torch.ones(len(ALL_HEADS), requires_grad=True)
+    logits = dcm.blended_logits(tiny.model, data.tokens, ALL_HEADS, mask, data.base_index, data.source_z)
+    dcm.target_logits(logits, data.targets).mean().backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+    assert not data.source_z.requires_grad
+    assert all(p.grad is None and not p.requires_grad for p in tiny.model.parameters())
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_dir, tmp_path_factory):
+    """The tiny model with one route from the context to the logits: head L1H2. Every other head's
+    W_O and every MLP are zeroed; L1H2 attends uniformly (W_Q zeroed) so its output carries the
+    prompt's words, and its W_O is scaled up. Only its patch can change a logit, so it is the one
+    component DCM should find."""
+    directory = tmp_path_factory.mktemp("planted")
+    hf = LlamaForCausalLM.from_pretrained(tiny_dir)
+    d_model, n_heads = hf.config.hidden_size, hf.config.num_attention_heads
+    d_head = d_model // n_heads
+    with torch.no_grad():
+        for layer, block in enumerate(hf.model.layers):
+            block.mlp.down_proj.weight.zero_()
+            w_o = block.self_attn.o_proj.weight.view(d_model, n_heads, d_head)
+            planted_w_o = w_o[:, 2].clone() * 3
+            w_o.zero_()
+            if layer == 1:
+                w_o[:, 2] = planted_w_o
+                block.self_attn.q_proj.weight.view(n_heads, d_head, d_model)[2].zero_()
+    hf.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(directory)
+    return models.load_model(str(directory))
+
+
+def planted_pairs(lm, config):
+    """Positional pairs whose target is what the model says with the planted head patched."""
+    ds = lm.dataset(config.n_boxes, config.n_pairs, seed=0)
+    pairs = dcm.pairs_to(D.tokenize_pairs(D.desideratum_pairs("positional", ds, config.n_pairs, seed=3), lm.tokenizer),
+                         lm.device)
+    with torch.no_grad():
+        patched = P.activation_patch(lm.model, pairs.base, pairs.source, [(1, 2, "last")])
+    return replace(pairs, target_ids=patched[:, -1].argmax(-1))
+
+
+def test_dcm_recovers_a_planted_head(planted):
+    config = replace(SMALL, epochs=3)
+    pairs = planted_pairs(planted, config)
+    with torch.no_grad():
+        unpatched_agreement = (planted.model(pairs.base.tokens)[:, -1].argmax(-1) == pairs.target_ids).float().mean()
+    assert unpatched_agreement < 0.5  # the target is not what the model says anyway
+    result = dcm.run_dcm(planted, ALL_HEADS, "position_transmitter", "positional", config, pairs=pairs)
+    assert result.heads == [(1, 2)]
+    assert result.test_accuracy == 1.0 and result.validation_accuracy == 1.0
+    others = [m for h, m in zip(ALL_HEADS, result.mask.tolist()) if h != (1, 2)]
+    assert others == [1.0] * 7  # no logit gradient, only the sparsity term pushing them to 1
+
+
+def test_dcm_is_identical_on_rerun_with_the_same_seed(tiny):
+    config = replace(SMALL, n_train=32, epochs=1)
+    first = dcm.run_dcm(tiny, ALL_HEADS, "value_fetcher", "object_value", config)
+    second = dcm.run_dcm(tiny, ALL_HEADS, "value_fetcher", "object_value", config)
+    assert torch.equal(first.mask, second.mask)
+    assert first.heads == second.heads and first.test_accuracy == second.test_accuracy
+    assert first.history.equals(second.history)
+    assert first.history["val_accuracy"].notna().all()  # eval_every=1: every step validated
+
+
+def test_authors_validation_reads_structure_reader_positions_from_the_training_batch(tiny, pairs):
+    heads = [(0, 0), (1, 1)]
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, "structure_reader")
+    mask = torch.zeros(len(heads))
+    own = dcm.patched_accuracy(tiny.model, data, heads, mask, batch_size=5)
+    assert dcm.patched_accuracy(tiny.model, data, heads, mask, batch_size=12, positions_from=data) == own
+    other = data[6:9]  # a three-row "training batch": evaluated rows take its positions in turn
+    shifted = dcm._with_positions_of(tiny.model, data, other, heads, batch_size=12)
+    assert torch.equal(shifted.base_index, other.base_index.repeat(4))
+    assert torch.equal(shifted.source_z[:3],
+                       dcm.source_head_outputs(tiny.model, data.source_tokens[:3], heads, other.source_index))
+
+
+def test_dcm_runs_on_the_authors_data_and_selection(tiny):
+    config = replace(SMALL, n_train=16, epochs=1, authors_compat=True)
+    result = dcm.run_dcm(tiny, ALL_HEADS[:3], "structure_reader", "box_label_value", config)
+    assert result.config.authors_compat and 0.0 <= result.test_accuracy <= 1.0
+    row = dcm.dcm_frame([result], circuit="tiny").iloc[0]
+    assert (row["group"], row["desideratum"], row["candidates"]) == ("structure_reader", "box_label_value", 3)
+
+
+CHECK = dcm.PatchingCheckConfig(n_pairs=20, n_draws=2, batch_size=8, n_boxes=N_BOXES)
+
+
+def test_desideratum_accuracy_equals_activation_patching_of_a_fresh_pairing(tiny):
+    heads = [(0, 2), (1, 0)]
+    got = dcm.desideratum_accuracy(tiny, heads, "position_detector", "positional", CHECK)
+    ds = tiny.dataset(N_BOXES, CHECK.n_pairs, CHECK.dataset_seed)
+    for draw, seed in enumerate(dcm.draw_seeds(CHECK.seed, CHECK.n_draws)):
+        pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.n_pairs, pool=CHECK.n_pairs, seed=seed),
+                                 tiny.tokenizer)
+        with torch.no_grad():
+            logits = P.activation_patch(tiny.model, pairs.base, pairs.source, P.heads_at(heads, "query_label"))
+        assert got[draw].item() == pytest.approx((logits[:, -1].argmax(-1) == pairs.target_ids).float().mean().item())
+
+
+def test_desideratum_accuracy_without_heads_is_the_unpatched_floor(tiny):
+    got = dcm.desideratum_accuracy(tiny, [], "value_fetcher", "positional", CHECK, n_draws=1)
+    ds = tiny.dataset(N_BOXES, CHECK.n_pairs, CHECK.dataset_seed)
+    pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.n_pairs, pool=CHECK.n_pairs,
+                                                 seed=dcm.draw_seeds(CHECK.seed, 1)[0]), tiny.tokenizer)
+    with torch.no_grad():
+        floor = (tiny.model(pairs.base.tokens)[:, -1].argmax(-1) == pairs.target_ids).float().mean().item()
+    assert got.tolist() == pytest.approx([floor])
+
+
+def test_functionality_frame_has_a_row_per_model_circuit_group_desideratum_and_draw(tiny):
+    head_sets = {"tiny-circuit": {("position_transmitter", "positional"): [(1, 1)],
+                                  ("structure_reader", "random_text_start"): [(0, 1), (0, 2)]}}
+    frame = dcm.functionality_frame([tiny], head_sets, CHECK, authors_compat=True)
+    assert list(frame.columns) == ["model", "circuit", "group", "desideratum", "draw", "accuracy", "n_heads",
+                                   "authors_compat"]
+    assert len(frame) == 2 * CHECK.n_draws
+    assert frame["accuracy"].between(0, 1).all() and frame["authors_compat"].all()
+    assert sorted(frame["draw"].unique()) == list(range(CHECK.n_draws))
+
+
+@pytest.mark.parametrize("name", sorted(D.ADDITIONAL_DESIDERATA))
+def test_rephrased_sources_are_read_at_their_own_named_positions(tiny, name):
+    ds = tiny.dataset(N_BOXES, 12, seed=0)
+    pairs = D.tokenize_pairs(D.desideratum_pairs(name, ds, 12, seed=2), tiny.tokenizer)
+    rows = torch.arange(len(pairs))
+    _, src_last = dcm.patch_positions(pairs.base, pairs.source, "position_transmitter")
+    assert torch.equal(src_last, torch.full_like(src_last, pairs.source.seq_len - 1))
+    _, src_prev = dcm.patch_positions(pairs.base, pairs.source, "structure_reader")
+    query_letters = pairs.source.tokens[rows, pairs.source.positions["query_label"]]
+    assert torch.equal(pairs.source.tokens[rows, src_prev], query_letters)
+    assert (src_prev < pairs.source.positions["query_label"]).all()
+
+
+def test_additional_desiderata_run_dcm_then_the_check_for_the_position_transmitters(tiny):
+    config = replace(SMALL, n_train=16, epochs=1)
+    names = ["add_seg_start", "altered_box_obj_order"]
+    frame, results = dcm.additional_desiderata_frame(tiny, ALL_HEADS[:4], desiderata=names, dcm_config=config,
+                                                     check_config=CHECK)
+    assert [r.desideratum for r in results] == names
+    assert len(frame) == len(names) * CHECK.n_draws
+    assert set(frame["group"]) == {"position_transmitter"}
+    assert frame["dcm_n_heads"].tolist() == [len(r.heads) for r in results for _ in range(CHECK.n_draws)]
+
+
+def test_dcm_over_a_circuit_gives_one_row_per_group_and_desideratum(tiny):
+    from entity_tracking.circuit import Circuit
+
+    circuit = Circuit("tiny", {"value_fetcher": [(1, 0), (1, 1)], "position_transmitter": [(0, 2)],
+                               "position_detector": [(0, 0), (0, 1)], "structure_reader": [(0, 3)]})
+    config = replace(SMALL, n_train=16, epochs=1)
+    results = dcm.run_dcm_circuit(tiny, circuit, desiderata=["object_value"], config=config)
+    frame = dcm.dcm_frame(results, circuit="tiny")
+    assert frame[["group", "candidates"]].values.tolist() == [[g, len(h)] for g, h in circuit.groups.items()]
+    heads = dcm.dcm_heads(results)
+    assert set(heads) == {(g, "object_value") for g in GROUPS}
+    assert all(set(h) <= set(circuit.groups[g]) for (g, _), h in heads.items())
