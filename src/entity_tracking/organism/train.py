@@ -1,0 +1,327 @@
+"""Training the organism: a tiny `LlamaForCausalLM` on a synthetic corpus, on CPU, from a seed.
+
+The trainer packs documents into fixed-length windows (each document starts with ``<s>``, as every
+evaluation prompt does), weights the loss of answer words (the tokens that need a lookup, a few per
+document among many that need none), and can grow the number of boxes over training (a curriculum).
+A fine-tune starts from a saved checkpoint and trains either every weight (FLoat, Vicuna analogs) or a
+LoRA adapter on q/k/v/o_proj (the Goat analog, as Goat itself was trained).
+
+What a run writes is a Hugging Face directory that `models.load_model` reads like LLaMA-7B's, plus a
+``manifest.json`` (recipe, seed, steps, losses, learning curve, sha256 of every file, accuracy by
+boxes). It is written to a temporary directory and renamed at the end, so an interrupted run leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import OBJECTS, make_dataset, single_token_words, tokenize_examples
+from ..progress import progress
+from .corpus import Document, HeldOut, Mixture, organism_words
+
+VALIDATION_SEED = 1000  # learning curves use their own prompts, never the book's evaluation seeds
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 8
+    d_mlp: int = 256
+    max_positions: int = 256
+    # HF's default init (std 0.02) is tuned for d_model in the thousands; at d_model 64 it leaves every
+    # attention pattern uniform and the lookup heads slow to form. None: 0.02 * sqrt(768 / d_model).
+    init_std: float | None = None
+    # Tied input/output embeddings make copying a context word to the output a near-identity map for
+    # the attention heads, which a tiny model finds much sooner than two separate tables.
+    tie_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a checkpoint (with the code): the corpus, the schedule, the shape."""
+
+    name: str
+    mixture: Mixture
+    steps: int                            # length of the learning-rate schedule
+    seed: int = 0
+    stop_after: int | None = None         # stop early, mid-schedule (the base stops before it is perfect)
+    init_from: str | None = None          # variant directory to fine-tune (None: train from scratch)
+    lora_rank: int | None = None          # train a LoRA adapter instead of every weight
+    lora_alpha: int | None = None
+    shape: ModelShape = ModelShape()
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 2e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    answer_weight: float = 5.0            # loss weight of answer words relative to other words
+    stages: tuple[tuple[int, Mixture], ...] = ()   # (step, mixture): the corpus from that step on (a curriculum)
+    vocabulary_steps: int = 0             # then train only the embeddings of words the corpus never used
+    eval_every: int = 250
+    eval_samples: int = 140
+    threads: int = 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokens
+# ------------------------------------------------------------------------------------------------
+
+def build_tokenizer(directory: Path):
+    from ..testing import build_word_tokenizer
+
+    return build_word_tokenizer(organism_words(), directory)
+
+
+class Encoder:
+    """Word -> id, exactly as the saved tokenizer encodes the joined text (checked in the tests)."""
+
+    def __init__(self, tokenizer):
+        vocab = tokenizer.get_vocab()
+        self.bos = tokenizer.bos_token_id
+        self.ids = {piece[1:]: i for piece, i in vocab.items() if piece.startswith("▁")}
+
+    def __call__(self, words: list[str]) -> list[int]:
+        return [self.ids[w] for w in words]
+
+
+class Stream:
+    """An endless stream of packed windows ``(tokens [B, T], weights [B, T-1], is_answer [B, T-1])``."""
+
+    def __init__(self, recipe: Recipe, encoder: Encoder, objects, held_out: HeldOut | None):
+        self.recipe = recipe
+        self.encoder = encoder
+        self.rng = random.Random(recipe.seed)
+        self.samplers = [(0, recipe.mixture.sampler(objects, held_out))]
+        self.samplers += [(start, mix.sampler(objects, held_out)) for start, mix in recipe.stages]
+        self.buffer: list[int] = []
+        self.answer_flags: list[bool] = []
+
+    def _document(self, step: int) -> Document:
+        sample = [s for start, s in self.samplers if step >= start][-1]
+        return sample(self.rng)
+
+    def batch(self, step: int):
+        r = self.recipe
+        need = r.batch_size * r.seq_len
+        while len(self.buffer) < need:
+            doc = self._document(step)
+            ids = [self.encoder.bos] + self.encoder(doc.words)
+            flags = [False] * len(ids)
+            for a in doc.answers:
+                flags[a + 1] = True
+            self.buffer.extend(ids)
+            self.answer_flags.extend(flags)
+        tokens = torch.tensor(self.buffer[:need]).view(r.batch_size, r.seq_len)
+        flags = torch.tensor(self.answer_flags[:need]).view(r.batch_size, r.seq_len)[:, 1:]
+        del self.buffer[:need], self.answer_flags[:need]
+        weights = torch.where(flags, r.answer_weight, 1.0)
+        return tokens, weights, flags
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+
+def new_model(shape: ModelShape, tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.d_model, intermediate_size=shape.d_mlp,
+        num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_heads,
+        max_position_embeddings=shape.max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=shape.tie_embeddings,
+        rms_norm_eps=1e-5, initializer_range=shape.init_std or 0.02 * math.sqrt(768 / shape.d_model),
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def _lr(recipe: Recipe, step: int) -> float:
+    if step < recipe.warmup:
+        return recipe.lr * (step + 1) / recipe.warmup
+    t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def validation_accuracy(model, tokenizer, objects, boxes=range(2, 8), n_samples: int = 140) -> dict[int, float]:
+    """Accuracy on validation prompts (their own seed) straight from the HF model: cheap, for curves."""
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for n in boxes:
+            batch = tokenize_examples(make_dataset(n, n_samples, VALIDATION_SEED, objects=objects), tokenizer)
+            logits = model(batch.tokens).logits[:, -1]
+            out[n] = (logits.argmax(-1) == batch.answer_ids).float().mean().item()
+    model.train()
+    return out
+
+
+def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, snapshots=()) -> dict:
+    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest.
+
+    ``snapshots``: steps at which to also write ``<out_dir>-step<N>``, exactly the checkpoint that the
+    same recipe with ``stop_after=N`` produces (used to choose where the base stops)."""
+    torch.set_num_threads(recipe.threads)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    if recipe.init_from is None:
+        tokenizer = build_tokenizer(tmp)
+        model = new_model(recipe.shape, tokenizer, recipe.seed)
+    else:
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        source = checkpoints / recipe.init_from
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)
+        if recipe.lora_rank is None:
+            tokenizer.save_pretrained(tmp)
+    objects = tuple(single_token_words(OBJECTS, tokenizer))
+    if recipe.lora_rank is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank, lora_dropout=0.0, bias="none",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
+    stream = Stream(recipe, Encoder(tokenizer), objects, HeldOut(objects))
+    curve = []
+    ema = ema_answer = None
+    start = time.time()
+    n_steps = recipe.stop_after or recipe.steps
+    bar = progress(range(n_steps), desc=f"training {recipe.name}")
+    for step in bar:
+        tokens, weights, flags = stream.batch(step)
+        for group in opt.param_groups:
+            group["lr"] = _lr(recipe, step)
+        logits = model(tokens).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
+        loss = (losses * weights).sum() / weights.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        plain = losses.mean().item()
+        answer = losses[flags].mean().item() if flags.any() else float("nan")
+        ema = plain if ema is None else 0.98 * ema + 0.02 * plain
+        if not math.isnan(answer):
+            ema_answer = answer if ema_answer is None else 0.98 * ema_answer + 0.02 * answer
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == n_steps:
+            acc = validation_accuracy(model, tokenizer, objects, n_samples=recipe.eval_samples)
+            curve.append({"step": step + 1, "loss": round(ema, 4), "answer_loss": round(ema_answer or 0, 4),
+                          "seconds": round(time.time() - start, 1), **{f"acc_{n}": round(a, 4) for n, a in acc.items()}})
+            log(json.dumps(curve[-1]))
+        if step + 1 in snapshots and step + 1 != n_steps:
+            from dataclasses import replace
+
+            snap = out_dir.with_name(f"{out_dir.name}-step{step + 1}")
+            _save(model, replace(recipe, stop_after=step + 1), curve, time.time() - start, snap, tokenizer)
+            model.train()
+    if recipe.vocabulary_steps:
+        curve += vocabulary_stage(model, tokenizer, recipe, objects, log)
+    return _save(model, recipe, curve, time.time() - start, out_dir, tokenizer if recipe.init_from is None else None,
+                 tmp=tmp)
+
+
+def new_word_ids(tokenizer) -> list[int]:
+    """Token ids of the vocabulary's words that the base corpus never uses (numbers, dialogue words)."""
+    from .corpus import base_words
+
+    ids = Encoder(tokenizer).ids
+    seen = base_words()
+    return sorted(ids[w] for w in organism_words() if w not in seen)
+
+
+def vocabulary_stage(model, tokenizer, recipe: Recipe, objects, log=print) -> list[dict]:
+    """Teach the base the words its corpus lacks by training only their embedding rows (everything a
+    boxes prompt uses stays bit-identical), so a fine-tune on arithmetic or dialogue does not start by
+    tearing the model apart to fit words it has never seen."""
+    from dataclasses import replace
+
+    stage = replace(recipe, mixture=Mixture(vocabulary=1.0), stages=(), seed=recipe.seed + 1)
+    embedding = model.get_input_embeddings().weight
+    for p in model.parameters():
+        p.requires_grad_(False)
+    embedding.requires_grad_(True)
+    mask = torch.zeros(embedding.shape[0], 1)
+    mask[new_word_ids(tokenizer)] = 1.0
+    handle = embedding.register_hook(lambda grad: grad * mask)
+    opt = torch.optim.Adam([embedding], lr=recipe.lr)
+    stream = Stream(stage, Encoder(tokenizer), objects, None)
+    curve, start = [], time.time()
+    model.train()
+    for step in progress(range(recipe.vocabulary_steps), desc="vocabulary stage"):
+        tokens, weights, flags = stream.batch(step)
+        logits = model(tokens).logits[:, :-1]
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
+        loss = (losses * weights).sum() / weights.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step + 1 == recipe.vocabulary_steps:
+            curve.append({"step": (recipe.stop_after or recipe.steps) + step + 1, "stage": "vocabulary",
+                          "loss": round(losses.mean().item(), 4),
+                          "answer_loss": round(losses[flags].mean().item(), 4) if flags.any() else None,
+                          "seconds": round(time.time() - start, 1),
+                          **{f"acc_{n}": round(a, 4) for n, a in
+                             validation_accuracy(model, tokenizer, objects, n_samples=recipe.eval_samples).items()}})
+            log(json.dumps(curve[-1]))
+    handle.remove()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return curve
+
+
+def _save(model, recipe: Recipe, curve: list, seconds: float, out_dir: Path, tokenizer=None, tmp: Path | None = None):
+    """Write weights (or the LoRA adapter), tokenizer and manifest to a temporary directory, then rename it."""
+    if tmp is None:
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    model.eval()
+    model.save_pretrained(tmp)
+    manifest = {
+        "variant": recipe.name,
+        "recipe": asdict(recipe),
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "final_answer_loss": curve[-1]["answer_loss"] if curve else None,
+        "training_seconds": round(seconds, 1),
+        "learning_curve": [row for row in curve
+                           if row["step"] <= (recipe.stop_after or recipe.steps) or row.get("stage") == "vocabulary"],
+    }
+    write_manifest(tmp, manifest)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return manifest
+
+
+def weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.name != "manifest.json")
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    from ..models import _sha256
+
+    manifest = dict(manifest)
+    manifest["sha256"] = {p.name: _sha256(p) for p in weight_files(directory)}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

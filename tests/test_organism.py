@@ -1,0 +1,107 @@
+"""The organism: its corpora, its trainer, and the shipped checkpoints."""
+
+import json
+import re
+import random
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from entity_tracking import models
+from entity_tracking.data import OBJECTS, make_dataset, single_token_words
+from entity_tracking.metrics import accuracy_by_boxes
+from entity_tracking.organism import corpus
+from entity_tracking.organism.__main__ import main as organism_main
+from entity_tracking.organism.recipes import EVAL_BOXES, EVAL_SAMPLES, EVAL_SEED, RECIPES, variant_dir
+from entity_tracking.organism.train import Encoder, ModelShape, Recipe, build_tokenizer, train, validation_accuracy
+
+SHIPPED = [name for name in RECIPES if (variant_dir(name) / "manifest.json").is_file()]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("organism-tokenizer"))
+
+
+def test_every_corpus_word_is_one_token_and_encoder_matches_tokenizer(tokenizer):
+    rng = random.Random(0)
+    encode = Encoder(tokenizer)
+    docs = [corpus.boxes_document(rng, n) for n in range(1, 8)]
+    docs += [corpus.filler_document(rng), corpus.arithmetic_document(rng), corpus.chat_document(rng)]
+    for doc in docs:
+        # punctuation attached to its neighbours, as the tokenizer's Punctuation pre-tokenizer expects
+        text = re.sub(r"([+=]) ", r"\1", re.sub(r" ([,.?:+=])", r"\1", " ".join(doc.words)))
+        assert tokenizer(text)["input_ids"] == [tokenizer.bos_token_id] + encode(doc.words), text
+
+
+def test_boxes_document_answers_are_the_bound_objects():
+    rng = random.Random(3)
+    for _ in range(50):
+        doc = corpus.boxes_document(rng, 5, paper_form=1.0, requery=0.5)
+        statement = doc.words[: doc.words.index(".")]
+        bound = {statement[i + 5]: statement[i + 1] for i, w in enumerate(statement) if w in ("The", "the")}
+        for a in doc.answers:
+            before = doc.words[:a]
+            if before[-1] == "Box":  # "The <object> is in Box [<label>]"
+                obj = before[len(before) - 1 - before[::-1].index("the" if "the" in before[-5:] else "The") + 1]
+                assert bound[doc.words[a]] == obj
+            else:  # "... Box <label> ... the [<object>]"
+                asked = before[len(before) - before[::-1].index("Box")]
+                assert bound[asked] == doc.words[a]
+
+
+def test_training_never_shows_an_evaluation_context():
+    held_out = corpus.HeldOut(n_seeds=1, n_samples=50)
+    rng = random.Random(0)
+    eval_ctx = next(iter(held_out.contexts))
+    # the drawing function redraws any context that coincides with an evaluation one
+    seen = {corpus._draw_context(rng, len(eval_ctx[0]), OBJECTS, held_out) for _ in range(2000)}
+    assert not seen & held_out.contexts
+
+
+def test_a_reduced_organism_learns_two_boxes_in_seconds(tmp_path):
+    recipe = Recipe(name="tiny", mixture=corpus.Mixture(boxes=1.0, box_weights=(0, 1)), steps=250, batch_size=16,
+                    seq_len=64, lr=3e-3, warmup=20, answer_weight=10, eval_every=250, eval_samples=60,
+                    shape=ModelShape(n_layers=2, d_model=64, n_heads=4, d_mlp=128))
+    manifest = train(recipe, tmp_path / "tiny", tmp_path, log=lambda s: None)
+    lm = models.load_model(str(tmp_path / "tiny"))
+    objects = single_token_words(OBJECTS, lm.tokenizer)
+    accuracy = validation_accuracy(lm.model.original_model, lm.tokenizer, objects, boxes=[2], n_samples=60)[2]
+    assert manifest["learning_curve"][-1]["answer_loss"] < 2.0      # from ln(vocab) ≈ 5.1 at the start
+    assert accuracy > 0.3   # chance over the vocabulary is 1/170; guessing one of the two objects gives 0.5
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no organism checkpoint has been trained yet")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_loads_by_name_and_reproduces_its_recorded_accuracy(name):
+    manifest = json.loads((variant_dir(name) / "manifest.json").read_text())
+    lm = models.load_model(f"organism-{name}")   # checks every sha256 of the manifest on the way
+    accuracy = accuracy_by_boxes(lm, EVAL_BOXES, EVAL_SAMPLES, EVAL_SEED)
+    assert {str(n): round(a, 4) for n, a in accuracy.items()} == manifest["accuracy"]["boxes"]
+
+
+@pytest.mark.skipif("base" not in SHIPPED, reason="base checkpoint not trained yet")
+def test_corrupt_or_missing_weights_are_reported_with_the_fix(tmp_path):
+    copy = tmp_path / "base"
+    shutil.copytree(variant_dir("base"), copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(models.CorruptCheckpointError, match="corrupt.*retrain"):
+        models.load_model(str(copy))
+    weights.unlink()
+    with pytest.raises(models.CorruptCheckpointError, match="missing"):
+        models.load_model(str(copy))
+
+
+def test_shipped_weights_stay_small():
+    total = sum(p.stat().st_size for name in SHIPPED for p in variant_dir(name).iterdir())
+    assert total <= 15 * 2**20
+
+
+def test_unknown_variant_is_refused_with_the_valid_names(capsys):
+    assert organism_main(["train", "--variant", "gpt5"]) == 2
+    assert "base, goat, float, vicuna" in capsys.readouterr().err
