@@ -298,6 +298,11 @@ def load_model(model: str | ModelSpec, device: str | torch.device | None = None,
 def _bridge(hf_model, tokenizer, device):
     """Wrap a loaded `LlamaForCausalLM` (no copy). The name only picks the LLaMA adapter of
     TransformerLens; the shapes come from ``hf_model.config``, so tiny models work too."""
+    import warnings
+
+    # TransformerLens 4.3 calls a transformers attribute that transformers 5 deprecates; the warning is
+    # about their code, not the reader's, and would sit in every chapter's stored output.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     import logging
 
     from transformer_lens import TransformerBridge
@@ -329,6 +334,8 @@ def variant_availability() -> dict[str, str | None]:
                          (f" (this one has {gpu:.0f} GB)" if gpu else " (none found)"))
         elif spec.scale == "organism" and not (Path(spec.base) / "config.json").is_file():
             out[name] = "checkpoint not built yet (python -m entity_tracking.organism train)"
+        elif spec.scale == "organism" and spec.adapter and not (Path(spec.adapter) / "adapter_config.json").is_file():
+            out[name] = "LoRA adapter not built yet (python -m entity_tracking.organism train)"
         else:
             out[name] = None
     return out

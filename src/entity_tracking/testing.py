@@ -69,13 +69,15 @@ def save_tiny_llama(directory: str | Path, n_layers: int = 2, n_heads: int = 4, 
     return directory
 
 
-def save_tiny_lora(base_directory: str | Path, directory: str | Path, r: int = 4, alpha: int = 8, seed: int = 1):
-    """A LoRA adapter on q/k/v/o_proj (Goat's targets) with non-zero B, so merging changes the model."""
+def save_tiny_lora(base_directory: str | Path, directory: str | Path, r: int = 4, alpha: int = 8, seed: int = 1,
+                   target_modules=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """A LoRA adapter on q/k/v/o_proj (Goat's targets, unless ``target_modules`` says otherwise) with
+    non-zero B, so merging changes the model."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     base = LlamaForCausalLM.from_pretrained(base_directory)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules),
                         lora_dropout=0.0, bias="none")
     peft_model = get_peft_model(base, config)
     torch.manual_seed(seed)

@@ -1,0 +1,115 @@
+"""Attention knockout (paper.md §4.12, after Geva et al. 2023): where in depth does information move
+from one token to another?
+
+One *edge* is a (query position -> key position) pair, e.g. the last token reading the correct
+object. Knocking it out from layer L on sets that attention score to -inf in **every head** of every
+layer >= L, so no head from L upward can move information along it (earlier layers still can). If
+accuracy stays high when the edge is cut from L on, the information crossed the edge before L.
+
+The authors recomputed attention by hand (rotary, causal mask, softmax) inside transformers-4.35
+internals; here the edit is a TransformerLens hook on ``hook_attn_scores``, the pre-softmax scores,
+which the model's own softmax then turns into the pattern — equivalent to zeroing the edge in the
+pattern and renormalising each row.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from . import data as D
+from . import metrics as M
+from . import patching as P
+from .progress import progress
+
+#: The paper's edges: (query position, key position). "answer_object" is the object in the queried
+#: box; "random" a seeded uniform draw from the context before the query label, as the authors'
+#: ``randint(0, len - 4)``.
+EDGES: dict[str, tuple[str, str]] = {
+    "last->object": ("last", "answer_object"),
+    "last->query_label": ("last", "query_label"),
+    "last->random": ("last", "random"),
+    "query_label->prev_query_label": ("query_label", "prev_query_label"),
+    "query_label->random": ("query_label", "random"),
+}
+
+
+@dataclass(frozen=True)
+class KnockoutConfig:
+    """The authors' ``attn_knockout.ipynb`` setting (they ran one prompt per forward pass; batching
+    changes nothing but speed)."""
+
+    n_samples: int = 500     # (paper: 500)
+    n_boxes: int = 7         # (paper: 7)
+    dataset_seed: int = 0
+    seed: int = 5            # draws of the random edges (paper: seed 5)
+    batch_size: int = 50
+
+
+DEFAULT_KNOCKOUT = KnockoutConfig()
+
+
+def edge_positions(batch: D.TaskBatch, edge: str, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key token index of the edge in each prompt (``[prompt]`` each)."""
+    if edge not in EDGES:
+        raise ValueError(f"unknown edge {edge!r}; choose from {list(EDGES)}")
+    query_name, key_name = EDGES[edge]
+    query = P.position_index(batch, query_name)
+    if key_name == "answer_object":
+        rows = torch.arange(len(batch), device=batch.tokens.device)
+        index = torch.tensor([ex.query_index for ex in batch.examples], device=batch.tokens.device)
+        key = batch.positions["object"][rows, index]
+    elif key_name == "random":
+        rng = random.Random(seed)
+        limit = P.position_index(batch, "query_label") - 1
+        key = torch.tensor([rng.randint(0, int(hi)) for hi in limit], device=batch.tokens.device)
+    else:
+        key = P.position_index(batch, key_name)
+    if bool((key < 0).any()) or bool((key > query).any()):
+        raise ValueError(f"edge {edge!r} needs a key at or before its query in every prompt")
+    return query, key
+
+
+def knockout_hooks(model, query: torch.Tensor, key: torch.Tensor, start_layer: int) -> list[tuple[str, P.Hook]]:
+    """Hooks that cut attention from ``query[b]`` to ``key[b]`` in every head of every layer from
+    ``start_layer`` (0-based) on. ``start_layer >= n_layers`` cuts nothing."""
+    rows = torch.arange(query.shape[0], device=query.device)
+
+    def hook(scores, hook):  # [batch, head, query pos, key pos]
+        scores = scores.clone()
+        scores[rows, :, query, key] = float("-inf")
+        return scores
+
+    return [(P.scores_name(layer), hook) for layer in range(max(start_layer, 0), model.cfg.n_layers)]
+
+
+@torch.no_grad()
+def knockout_logits(model, batch: D.TaskBatch, query: torch.Tensor, key: torch.Tensor, start_layer: int,
+                    batch_size: int = 50) -> torch.Tensor:
+    """Last-position logits with the edge cut from ``start_layer`` (0-based) on."""
+    outs = []
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start: start + batch_size]
+        stop = start + len(chunk)
+        hooks = knockout_hooks(model, query[start:stop], key[start:stop], start_layer)
+        outs.append(P.last_logits(P.run_with_hooks(model, chunk.tokens, hooks)).float())
+    return torch.cat(outs)
+
+
+def knockout_curves(lm, edges: Sequence[str] = tuple(EDGES), config: KnockoutConfig = DEFAULT_KNOCKOUT
+                    ) -> pd.DataFrame:
+    """Accuracy with each edge cut from each starting layer on: one row per (edge, start_layer),
+    ``start_layer`` 1-based as the paper's "Knockout Starting Layer" axis, in `plots.knockout_lines`'s
+    layout."""
+    batch = lm.tokenize(lm.dataset(config.n_boxes, config.n_samples, config.dataset_seed))
+    rows = []
+    for edge in edges:
+        query, key = edge_positions(batch, edge, config.seed)
+        for layer in progress(range(lm.n_layers), desc=f"knockout {edge}", total=lm.n_layers):
+            logits = knockout_logits(lm.model, batch, query, key, layer, config.batch_size)
+            rows.append({"edge": edge, "start_layer": layer + 1, "accuracy": M.accuracy(logits, batch.answer_ids)})
+    return pd.DataFrame(rows, columns=["edge", "start_layer", "accuracy"])
