@@ -386,6 +386,49 @@ def dcm_heads(results: Iterable[DCMResult]) -> dict[tuple[str, str], list[Head]]
     return {(r.group, r.desideratum): list(r.heads) for r in results}
 
 
+def load_or_run_dcm(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str,
+                    config: DCMConfig | None = None, **overrides) -> dict:
+    """One DCM run, stored under ``results/dcm/`` by its parameters and the model's weights, so every
+    chapter that needs the same run (ch05 for the semantics, ch06 for CMAP's head selection) trains
+    it once. Returns ``{"summary": DCMResult.summary(), "mask": [...], "history": DataFrame}``."""
+    from .cache import cached, model_fingerprint
+
+    config = replace(config or DEFAULT_DCM, **overrides)
+    candidates = _unique_heads(heads)
+    params = {"model": model_fingerprint(lm), "group": group, "desideratum": desideratum,
+              "heads": [list(h) for h in candidates], "config": asdict(config)}
+
+    def compute():
+        result = run_dcm(lm, candidates, group, desideratum, config)
+        return {"summary": result.summary(), "mask": [float(v) for v in result.mask.tolist()],
+                "history": result.history}
+
+    return cached("dcm/" + lm.spec.name.replace("/", "_"), params, compute)
+
+
+def dcm_circuit_frames(lm, circuit: Circuit, desiderata: Sequence[str] = D.DESIDERATA,
+                       groups: Sequence[str] = tuple(GROUPS), config: DCMConfig | None = None,
+                       **overrides) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`load_or_run_dcm` for every group x desideratum of a circuit: the `dcm_frame`-style summary
+    (one row per run, ``circuit`` = the circuit's model) and the training histories (tidy, with
+    ``group`` and ``desideratum`` columns)."""
+    config = replace(config or DEFAULT_DCM, **overrides)
+    summaries, histories = [], []
+    for desideratum in desiderata:
+        for group in progress(groups, desc=f"DCM {desideratum}"):
+            run = load_or_run_dcm(lm, circuit.groups[group], group, desideratum, config)
+            summaries.append({**run["summary"], "circuit": circuit.model})
+            histories.append(run["history"].assign(group=group, desideratum=desideratum))
+    cols = ["model", "circuit", "group", "desideratum", "candidates", "n_heads", "heads",
+            "validation_accuracy", "test_accuracy", "authors_compat"]
+    return pd.DataFrame(summaries, columns=cols), pd.concat(histories, ignore_index=True)
+
+
+def heads_of(summary: pd.DataFrame) -> dict[tuple[str, str], list[Head]]:
+    """(group, desideratum) -> the heads DCM selected, from a summary frame (`dcm_circuit_frames`)."""
+    return {(r.group, r.desideratum): [tuple(h) for h in r.heads] for r in summary.itertuples()}
+
+
 # --------------------------------------------------------------------------------------------------
 # The activation-patching check (paper.md §4.9) and the additional desiderata (§4.10)
 # --------------------------------------------------------------------------------------------------
@@ -415,15 +458,16 @@ def desideratum_accuracy(lm, heads: Sequence[Sequence[int]], group: str, desider
                                  authors_compat=config.authors_compat)
              for seed in draw_seeds(config.seed, config.n_draws)]
     sources = SourceOutputs(lm, candidates, [ex for pairs in draws for ex in pairs.source], config.batch_size)
+    base = D.tokenize_examples(draws[0].base, lm.tokenizer).to(lm.device)  # the same prompts in every draw
+    base_texts = [D.render(ex).text for ex in draws[0].base]
     zeros = torch.zeros(len(candidates), device=lm.device)
     accuracies = []
     for pairs in progress(draws, desc=f"{group} {desideratum}"):
-        batch = pairs_to(D.tokenize_pairs(pairs, lm.tokenizer), lm.device)
-        base_index, source_index = patch_positions(batch.base, batch.source, group,
-                                                   base_index_in_source=config.authors_compat)
-        source_z = sources.at(pairs.source, source_index)
-        data = PatchData(batch.base.tokens, base_index, batch.source.tokens, source_index, source_z,
-                         batch.target_ids)
+        source = sources.batch(pairs.source)
+        base_index, source_index = patch_positions(base, source, group, base_index_in_source=config.authors_compat)
+        targets = D.answer_token_ids(lm.tokenizer, base_texts, pairs.targets, mode=pairs.target_token_mode)
+        data = PatchData(base.tokens, base_index, source.tokens, source_index, sources.at(pairs.source, source_index),
+                         targets.to(lm.device))
         accuracies.append(patched_accuracy(lm.model, data, candidates, zeros, config.batch_size))
     return torch.tensor(accuracies)
 
@@ -439,7 +483,8 @@ class SourceOutputs:
         self.heads = list(heads)
         self.row = {ex: i for i, ex in enumerate(dict.fromkeys(examples))}
         unique = list(self.row)
-        tokens = D.tokenize_examples(unique, lm.tokenizer).tokens.to(lm.device)
+        self.tokenized = D.tokenize_examples(unique, lm.tokenizer).to(lm.device)
+        tokens = self.tokenized.tokens
         if not self.heads:
             self.z = torch.zeros(len(unique), tokens.shape[1], 0, lm.model.cfg.d_head, device=lm.device)
             return
@@ -451,6 +496,11 @@ class SourceOutputs:
                                                [P.z_name(layer) for layer in layers])
                 parts.append(torch.stack([store[P.z_name(layer)][:, :, head] for layer, head in self.heads], dim=2))
         self.z = torch.cat(parts)  # [prompt, pos, head, d_head]
+
+    def batch(self, examples: Sequence[D.Example]) -> D.TaskBatch:
+        """The tokenised prompts (with named positions) of these examples, without re-tokenising."""
+        rows = [self.row[ex] for ex in examples]
+        return self.tokenized[rows]
 
     def at(self, examples: Sequence[D.Example], index: torch.Tensor) -> torch.Tensor:
         """``[pair, head, d_head]``: each example's head outputs at its ``index`` (-1 read as 0; such
