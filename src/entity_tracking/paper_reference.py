@@ -193,6 +193,9 @@ MINIMALITY: dict[str, dict] = {
     "goat-7b": {"candidates": (80, 30, 50, 40), "threshold": 0.0},
     "float-7b": {"candidates": (80, 30, 50, 40), "threshold": 0.0},
 }
+#: Heads per group (A, B, C, D) the Goat and FLoat circuits would have kept at the paper's stated 1 %
+#: (recomputed from the authors' significance files, paper.md §4.4).
+MINIMALITY_AT_1PCT: dict[str, tuple[int, int, int, int]] = {"goat-7b": (35, 18, 23, 14), "float-7b": (37, 18, 23, 19)}
 
 
 def minimality() -> pd.DataFrame:

@@ -448,3 +448,41 @@ def knockout_lines(df: pd.DataFrame, model_accuracy: float | None = None,
         layers.append(alt.Chart(ref).mark_rule(color=FAMILY_COLORS["llama"], strokeDash=[6, 4]).encode(
             y="accuracy:Q", tooltip=["reference:N", alt.Tooltip("accuracy:Q", format=".3f")]))
     return alt.layer(*layers).properties(title=title, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Minimality
+# --------------------------------------------------------------------------------------------------
+
+def minimality_bars(df: pd.DataFrame, thresholds: Sequence[float] = (0.01, 0.0),
+                    title: str = "Minimality: relative drop when a head is removed on top of K") -> alt.Chart:
+    """One bar per head (``layer``, ``head``), one panel per ``group``: its minimality score
+    before/after − 1. A radio button picks the threshold (it works in the static page): heads at or
+    above it are solid (kept), the others faded (pruned); the dashed line marks it. Infinite
+    scores (removing the head takes accuracy to 0) are drawn at the top of the axis."""
+    _require(df, ["group", "layer", "head", "score"], "minimality_bars")
+    data = df.copy()
+    scores = pd.to_numeric(data["score"], errors="coerce")
+    finite = scores[scores.abs() != float("inf")].dropna()
+    top = max([*finite.tolist(), *thresholds, 0.05]) * 1.15
+    data["infinite"] = scores == float("inf")
+    data["shown"] = scores.clip(upper=top).fillna(0.0)
+    data["score_text"] = [("∞" if s == float("inf") else f"{s:.3f}") for s in scores]
+    data["node"] = [f"L{int(layer)}H{int(head)}" for layer, head in zip(data["layer"], data["head"])]
+    options = list(dict.fromkeys(float(t) for t in thresholds))
+    pick = alt.param(name="threshold", value=options[0],
+                     bind=alt.binding_radio(options=options, labels=[f"{t:.0%}" for t in options], name="threshold "))
+    bars = alt.Chart().mark_bar().encode(
+        x=alt.X("node:N", title="head", sort=None, axis=alt.Axis(labelAngle=-60)),
+        y=alt.Y("shown:Q", title="before / after − 1", scale=alt.Scale(domainMax=top)),
+        color=_color("group", data["group"], title="group"),
+        opacity=alt.condition("datum.infinite || datum.shown >= threshold", alt.value(1.0), alt.value(0.25)),
+        tooltip=["group:N", "node:N", alt.Tooltip("score_text:N", title="score"),
+                 *[alt.Tooltip(f"{c}:Q", format=".3f") for c in ("before", "after") if c in data.columns],
+                 *(["K:N"] if "K" in data.columns else [])],
+    )
+    rule = alt.Chart().transform_calculate(level="threshold").mark_rule(strokeDash=[5, 4], color="black").encode(
+        y="level:Q")
+    chart = alt.layer(bars, rule, data=data).add_params(pick).properties(width=alt.Step(14), height=180)
+    return chart.facet(column=alt.Column("group:N", title=None, sort=list(GROUP_ORDER)),
+                       ).resolve_scale(x="independent").properties(title=title)
