@@ -146,3 +146,16 @@ def test_chapter_2_runs_with_its_parameters_pointed_at_a_tiny_model(tiny_dir, tm
     assert '"max_boxes"' in outputs and "paper numbers: [nb] experiment_1/circuit_eval.ipynb" in outputs
     assert "nothing to set beside Table 1" in outputs  # a tiny model stands for no paper model
     assert not list(tmp_path.glob("results/**/*.csv"))  # only 7B runs are cached to files
+
+
+def test_runnable_variants_skips_what_cannot_run_and_says_why(capsys):
+    assert W.requested_variants("organism") == [s.name for s in models.ORGANISM_MODELS]
+    assert W.requested_variants("organism-goat") == ["organism-goat"]
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may run llama-7b")
+    assert W.runnable_variants(["organism-base", "llama-7b"]) == ["organism-base"]
+    assert "skipping llama-7b: needs a CUDA GPU" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="llama-7b cannot run here"):
+        W.runnable_variants(["organism-goat"], required=["llama-7b"])
+    with pytest.raises(RuntimeError, match="none of"):
+        W.runnable_variants(["llama-7b"])

@@ -17,8 +17,13 @@ import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+import warnings
 
 import torch
+
+# TransformerLens 4.3 and peft call a transformers attribute that transformers 5 deprecates; the warning
+# is about their code, not the reader's, and would otherwise sit in every chapter's stored output.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 ORGANISM_DIR = Path(__file__).parent / "organism" / "checkpoints"
 LLAMA_TOKENIZER = "hf-internal-testing/llama-tokenizer"  # the tokenizer the authors used for every model
@@ -298,11 +303,6 @@ def load_model(model: str | ModelSpec, device: str | torch.device | None = None,
 def _bridge(hf_model, tokenizer, device):
     """Wrap a loaded `LlamaForCausalLM` (no copy). The name only picks the LLaMA adapter of
     TransformerLens; the shapes come from ``hf_model.config``, so tiny models work too."""
-    import warnings
-
-    # TransformerLens 4.3 calls a transformers attribute that transformers 5 deprecates; the warning is
-    # about their code, not the reader's, and would sit in every chapter's stored output.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     import logging
 
     from transformer_lens import TransformerBridge

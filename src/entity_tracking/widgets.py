@@ -103,6 +103,35 @@ def variant_options(extra: Iterable[str] = ()) -> tuple[list[str], dict[str, str
     return runnable, missing
 
 
+#: What a chapter's ``model`` parameter may name besides one variant: every variant of a scale.
+FAMILIES: dict[str, list[str]] = {"organism": [s.name for s in models.ORGANISM_MODELS],
+                                  "7b": [s.name for s in models.PAPER_MODELS]}
+
+
+def requested_variants(choice: str | Sequence[str]) -> list[str]:
+    """A parameters cell's choice ("organism", "7b", one name or directory, or a list) as names."""
+    if isinstance(choice, str):
+        return list(FAMILIES.get(choice, [choice]))
+    return list(choice)
+
+
+def runnable_variants(requested: Sequence[str], required: Sequence[str] = ()) -> list[str]:
+    """The requested variants that can run on this machine. Prints why each other one is skipped,
+    and stops with what to do when a required one, or every one, cannot run."""
+    runnable, why_not = variant_options(extra=[v for v in [*required, *requested] if v not in models.REGISTRY])
+    for name in required:
+        if name not in runnable:
+            raise RuntimeError(f"{name} cannot run here: {why_not.get(name, 'unknown variant')}; "
+                               "see `python -m entity_tracking models`")
+    chosen = [v for v in requested if v in runnable]
+    for v in requested:
+        if v not in chosen:
+            print(f"skipping {v}: {why_not.get(v, 'not available here')}")
+    if not chosen:
+        raise RuntimeError(f"none of {list(requested)} can run here; see `python -m entity_tracking models`")
+    return chosen
+
+
 def missing_variants_html(missing: dict[str, str]) -> str:
     """A short note listing the variants left out of the dropdown, each with its reason."""
     if not missing:

@@ -147,6 +147,14 @@ def new_model(shape: ModelShape, tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
+def weighted_loss(model, tokens: torch.Tensor, weights: torch.Tensor):
+    """Next-token loss per position, and its mean with answer words weighted up."""
+    logits = model(tokens).logits[:, :-1]
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
+    return losses, (losses * weights).sum() / weights.sum()
+
+
 def _lr(recipe: Recipe, step: int) -> float:
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
@@ -210,10 +218,7 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, snapshots
         tokens, weights, flags = stream.batch(step)
         for group in opt.param_groups:
             group["lr"] = _lr(recipe, step)
-        logits = model(tokens).logits[:, :-1]
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
-        loss = (losses * weights).sum() / weights.sum()
+        losses, loss = weighted_loss(model, tokens, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -269,10 +274,7 @@ def vocabulary_stage(model, tokenizer, recipe: Recipe, objects, log=print) -> li
     model.train()
     for step in progress(range(recipe.vocabulary_steps), desc="vocabulary stage"):
         tokens, weights, flags = stream.batch(step)
-        logits = model(tokens).logits[:, :-1]
-        losses = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
-        loss = (losses * weights).sum() / weights.sum()
+        losses, loss = weighted_loss(model, tokens, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
