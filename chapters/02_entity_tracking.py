@@ -70,15 +70,7 @@ from entity_tracking import data, metrics, models, plots, widgets
 from entity_tracking import paper_reference as ref
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
-FAMILIES = {"organism": [s.name for s in models.ORGANISM_MODELS], "7b": [s.name for s in models.PAPER_MODELS]}
-requested = FAMILIES.get(model, [model] if isinstance(model, str) else list(model))
-runnable, why_not = widgets.variant_options(extra=[v for v in requested if v not in models.REGISTRY])
-variants = [v for v in requested if v in runnable]
-for v in requested:
-    if v not in variants:
-        print(f"skipping {v}: {why_not.get(v, 'not available here')}")
-if not variants:
-    raise RuntimeError(f"none of {requested} can run here; see `python -m entity_tracking models`")
+variants = widgets.runnable_variants(widgets.requested_variants(model))
 print("variants:", ", ".join(widgets.variant_label(v) for v in variants))
 
 # %% [markdown]

@@ -86,14 +86,7 @@ from entity_tracking.circuit import GROUP_TITLES
 from entity_tracking.widgets import variant_label
 
 torch.set_num_threads(1)
-runnable, why_not = widgets.variant_options(extra=[v for v in [base, *finetuned] if v not in models.REGISTRY])
-if base not in runnable:
-    raise RuntimeError(f"{base} cannot run here: {why_not.get(base, 'unknown variant')}")
-for v in [v for v in finetuned if v not in runnable]:
-    print(f"skipping {v}: {why_not.get(v, 'not available here')}")
-finetuned = [v for v in finetuned if v in runnable]
-if not finetuned:
-    raise RuntimeError("no fine-tuned variant can run here; see `python -m entity_tracking models`")
+finetuned = widgets.runnable_variants(finetuned, required=[base])
 config = cmap.CMAPConfig(n_samples=samples, n_boxes=boxes, dataset_seed=seed, batch_size=batch_size)
 pp_config = path_patching.PathPatchingConfig(**{"n_boxes": boxes, "dataset_seed": seed, **circuit_config})
 dcm_config = dcm.DCMConfig(seed=dcm_seed, dataset_seed=seed, n_boxes=boxes)  # chapter 5's DCM settings

@@ -75,14 +75,7 @@ from entity_tracking import paper_reference as ref
 from entity_tracking.circuit import GROUP_LETTERS
 
 torch.set_num_threads(1)
-runnable, why_not = widgets.variant_options(extra=[v for v in [base, *finetuned] if v not in models.REGISTRY])
-if base not in runnable:
-    raise RuntimeError(f"{base} cannot run here: {why_not.get(base, 'unknown variant')}")
-for v in [v for v in finetuned if v not in runnable]:
-    print(f"skipping {v}: {why_not.get(v, 'not available here')}")
-finetuned = [v for v in finetuned if v in runnable]
-if not finetuned:
-    raise RuntimeError("no fine-tuned variant can run here; see `python -m entity_tracking models`")
+finetuned = widgets.runnable_variants(finetuned, required=[base])
 variants = list(dict.fromkeys([base, *finetuned]))
 title = widgets.variant_label
 spec_name = {v: models.resolve(v).name for v in variants}  # how result tables name each variant
