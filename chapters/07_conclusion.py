@@ -214,9 +214,11 @@ checks.append({"claim": "CMAP: A or B recovers most (≥ 50 %) of the gap, C and
                "paper": "yes", "organism": yes(all(max(s["value_fetcher"], s["position_transmitter"]) >= 0.5 and
                                                   max(s["position_detector"], s["structure_reader"]) < 0.5
                                                   for s in shares.values())),
-               "organism numbers": "; ".join(f"{title(v)}: " + ", ".join(f"{GROUP_LETTERS[k]} {x:.0%}"
-                                                                         for k, x in s.items() if k in GROUP_LETTERS)
-                                             for v, s in shares.items())})
+               "organism numbers": "; ".join(
+                   f"{title(v)}: " + (", ".join(f"{GROUP_LETTERS[k]} {x:.0%}" for k, x in s.items() if k in GROUP_LETTERS)
+                                      if s.notna().any() else "no gain to recover "
+                                      f"({cmap_results[v]['source_accuracy'] - cmap_results[v]['target_accuracy']:+.2f})")
+                   for v, s in shares.items())})
 pd.DataFrame(checks)
 
 # %% [markdown]
