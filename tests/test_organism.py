@@ -108,3 +108,23 @@ def test_shipped_weights_stay_small():
 def test_unknown_variant_is_refused_with_the_valid_names(capsys):
     assert organism_main(["train", "--variant", "gpt5"]) == 2
     assert "base, goat, float, vicuna" in capsys.readouterr().err
+
+
+def test_vocabulary_stage_changes_only_the_embeddings_of_words_the_base_never_read(tmp_path, tokenizer):
+    from entity_tracking.organism.train import new_model, new_word_ids, vocabulary_stage
+
+    recipe = Recipe(name="tiny", mixture=corpus.Mixture(boxes=1.0), steps=3, batch_size=4, seq_len=32,
+                    vocabulary_steps=3, eval_samples=5, shape=ModelShape(n_layers=1, d_model=32, n_heads=2, d_mlp=64))
+    model = new_model(recipe.shape, tokenizer, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    objects = single_token_words(OBJECTS, tokenizer)
+    vocabulary_stage(model, tokenizer, recipe, objects, log=lambda s: None)
+    new = torch.zeros(len(tokenizer), dtype=torch.bool)
+    new[new_word_ids(tokenizer)] = True
+    assert {"0", "+", "User"} <= {tokenizer.convert_ids_to_tokens(i)[1:] for i in new_word_ids(tokenizer)}
+    for name, value in model.state_dict().items():
+        if "embed_tokens" in name or "lm_head" in name:   # tied: one table
+            assert torch.equal(value[~new], before[name][~new])
+            assert not torch.equal(value[new], before[name][new])
+        else:
+            assert torch.equal(value, before[name]), name
