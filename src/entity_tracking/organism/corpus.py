@@ -251,6 +251,7 @@ class Mixture:
     box_weights: tuple[float, ...] = (1, 1, 1, 1, 1, 1, 1)
     paper_form: float = 0.5      # share of box contexts written exactly as the paper's prompts
     requery: float = 0.0         # chance that a box is asked about twice (see `boxes_document`)
+    arithmetic_min: int = 2
     arithmetic_max: int = 9
     arithmetic_form: str = "in"
 
@@ -269,7 +270,7 @@ class Mixture:
             if kind == "vocabulary":
                 return vocabulary_document(rng, objects)
             if kind == "arithmetic":
-                return arithmetic_document(rng, n_max=self.arithmetic_max, form=self.arithmetic_form)
+                return arithmetic_document(rng, self.arithmetic_min, self.arithmetic_max, form=self.arithmetic_form)
             return chat_document(rng, objects)
 
         return sample
