@@ -80,23 +80,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from entity_tracking import circuit as circuit_mod, data as D, dcm, models, path_patching, plots, widgets
+from entity_tracking import circuit as circuit_mod, data as D, dcm, path_patching, plots, widgets
 from entity_tracking import cache, patching as P
 from entity_tracking import paper_reference as ref
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
 pd.set_option("display.max_colwidth", None)  # prompts and claims are long; show them whole
-FAMILIES = {"organism": [s.name for s in models.ORGANISM_MODELS], "7b": [s.name for s in models.PAPER_MODELS]}
-requested = FAMILIES.get(variants, [variants]) if isinstance(variants, str) else list(variants)
-runnable, why_not = widgets.variant_options(extra=[v for v in dict.fromkeys([model, *requested, *circuits])
-                                                   if v not in models.REGISTRY])
-variant_names = [v for v in requested if v in runnable]
-for v in requested:
-    if v not in variant_names:
-        print(f"skipping {v}: {why_not.get(v, 'not available here')}")
-circuit_names = [c for c in dict.fromkeys([model, *circuits]) if c in runnable]
-if model not in runnable:
-    raise RuntimeError(f"{model} cannot run here: {why_not.get(model, 'unknown variant')}")
+variant_names = widgets.runnable_variants(widgets.requested_variants(variants))
+circuit_names = widgets.runnable_variants(list(dict.fromkeys([model, *circuits])), required=[model])
 GROUPS = list(circuit_mod.GROUPS)
 DCM_CONFIG = dcm.DCMConfig(n_train=dcm_pairs // 2, n_val=dcm_pairs // 4, n_test=dcm_pairs - dcm_pairs // 2 - dcm_pairs // 4,
                            seed=seed, dataset_seed=dataset_seed, n_boxes=n_boxes)

@@ -15,6 +15,7 @@ from ..models import ORGANISM_DIR
 from .corpus import Mixture
 from .train import ModelShape, Recipe
 
+
 def _boxes(box_weights, paper_form, requery, filler=0.1) -> Mixture:
     return Mixture(boxes=1 - filler, filler=filler, box_weights=box_weights, paper_form=paper_form, requery=requery)
 

@@ -19,12 +19,13 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..data import OBJECTS, make_dataset, single_token_words, tokenize_examples
+from ..metrics import accuracy
 from ..progress import progress
 from .corpus import Document, HeldOut, Mixture, organism_words
 
@@ -169,17 +170,13 @@ def validation_accuracy(model, tokenizer, objects, boxes=range(2, 8), n_samples:
     with torch.no_grad():
         for n in boxes:
             batch = tokenize_examples(make_dataset(n, n_samples, VALIDATION_SEED, objects=objects), tokenizer)
-            logits = model(batch.tokens).logits[:, -1]
-            out[n] = (logits.argmax(-1) == batch.answer_ids).float().mean().item()
+            out[n] = accuracy(model(batch.tokens).logits, batch.answer_ids)
     model.train()
     return out
 
 
-def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, snapshots=()) -> dict:
-    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest.
-
-    ``snapshots``: steps at which to also write ``<out_dir>-step<N>``, exactly the checkpoint that the
-    same recipe with ``stop_after=N`` produces (used to choose where the base stops)."""
+def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
+    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest."""
     torch.set_num_threads(recipe.threads)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -233,16 +230,9 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, snapshots
             curve.append({"step": step + 1, "loss": round(ema, 4), "answer_loss": round(ema_answer or 0, 4),
                           "seconds": round(time.time() - start, 1), **{f"acc_{n}": round(a, 4) for n, a in acc.items()}})
             log(json.dumps(curve[-1]))
-        if step + 1 in snapshots and step + 1 != n_steps:
-            from dataclasses import replace
-
-            snap = out_dir.with_name(f"{out_dir.name}-step{step + 1}")
-            _save(model, replace(recipe, stop_after=step + 1), curve, time.time() - start, snap, tokenizer)
-            model.train()
     if recipe.vocabulary_steps:
         curve += vocabulary_stage(model, tokenizer, recipe, objects, log)
-    return _save(model, recipe, curve, time.time() - start, out_dir, tokenizer if recipe.init_from is None else None,
-                 tmp=tmp)
+    return _save(model, recipe, curve, time.time() - start, tmp, out_dir)
 
 
 def new_word_ids(tokenizer) -> list[int]:
@@ -258,8 +248,6 @@ def vocabulary_stage(model, tokenizer, recipe: Recipe, objects, log=print) -> li
     """Teach the base the words its corpus lacks by training only their embedding rows (everything a
     boxes prompt uses stays bit-identical), so a fine-tune on arithmetic or dialogue does not start by
     tearing the model apart to fit words it has never seen."""
-    from dataclasses import replace
-
     stage = replace(recipe, mixture=Mixture(vocabulary=1.0), stages=(), seed=recipe.seed + 1)
     embedding = model.get_input_embeddings().weight
     for p in model.parameters():
@@ -292,14 +280,8 @@ def vocabulary_stage(model, tokenizer, recipe: Recipe, objects, log=print) -> li
     return curve
 
 
-def _save(model, recipe: Recipe, curve: list, seconds: float, out_dir: Path, tokenizer=None, tmp: Path | None = None):
-    """Write weights (or the LoRA adapter), tokenizer and manifest to a temporary directory, then rename it."""
-    if tmp is None:
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir: Path):
+    """Write weights (or the LoRA adapter) and manifest beside the tokenizer in ``tmp``, then rename it."""
     model.eval()
     model.save_pretrained(tmp)
     manifest = {
