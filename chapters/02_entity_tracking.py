@@ -49,29 +49,29 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 #
 # The chapter runs on CPU with the *organism*: tiny LLaMA-style models trained here to stand in for
 # the four 7B models (`organism-base` for LLaMA-7B, `organism-vicuna`, `organism-goat` (LoRA, as
-# Goat) and `organism-float`). Set `model = "7b"` in the next cell to rerun it with the 7B models
-# on a GPU. They then load in float16 (the paper ran float32; half precision can move an accuracy
-# by about 0.01), and their results are saved under `results/` so the run happens once.
+# Goat) and `organism-float`; appendix A1). Set `model = "7b"` in the next cell to rerun it with the
+# 7B models on a GPU. They then load in float16 (the paper ran float32; half precision can move an
+# accuracy by about 0.01), and their results are stored under `results/`, so the run happens once.
 
 # %% tags=["parameters"]
-model = "organism"   # "organism": the four CPU variants; "7b": the paper's four models (GPU); or one name or directory
-boxes = [2, 3, 4, 5, 6, 7]   # numbers of boxes to measure (the paper: 7 only)
-samples = 500        # prompts per setting (the paper: the first 500 lines of its dataset)
-seed = 0             # seed of the generated prompts
+model = "organism"            # "organism": the four CPU variants; "7b": the paper's four (GPU); or one name
+n_boxes = [2, 3, 4, 5, 6, 7]  # numbers of boxes to measure (the paper: 7 only)
+n_samples = 500               # prompts per setting (the paper: the first 500 lines of its dataset)
+dataset_seed = 0              # seed of the generated prompts (every chapter uses 0)
 
-# %%
-from pathlib import Path
-
+# %% tags=["hide-input"]
 import pandas as pd
 import torch
 from IPython.display import HTML, Markdown, display
 
-from entity_tracking import data, metrics, models, plots, widgets
+from entity_tracking import claims, data, metrics, plots, variants, widgets
 from entity_tracking import paper_reference as ref
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
-variants = widgets.runnable_variants(widgets.requested_variants(model))
-print("variants:", ", ".join(widgets.variant_label(v) for v in variants))
+names = variants.runnable(model)
+task = data.TaskConfig(n_samples=n_samples, dataset_seed=dataset_seed)
+ours = metrics.stored_accuracy_table(names, boxes=n_boxes, task=task)
+claims.reproduction_box(claims.reproduction_checks(claims.setup_for(names), keys=["accuracy"]))
 
 # %% [markdown]
 # ## The prompts
@@ -86,8 +86,8 @@ print("variants:", ", ".join(widgets.variant_label(v) for v in variants))
 # once for each of its boxes, in order (the paper used 7 boxes; the generator takes any number).
 
 # %%
-lm = widgets.resident_model(variants[0])
-examples = lm.dataset(n_boxes=3, n_samples=6, seed=seed)
+lm = variants.load(names[0])
+examples = lm.examples(data.TaskConfig(n_boxes=3, n_samples=6, dataset_seed=dataset_seed))
 pd.DataFrame({"prompt": [ex.prompt for ex in examples], "answer": [ex.answer for ex in examples]})
 
 # %% [markdown]
@@ -95,7 +95,7 @@ pd.DataFrame({"prompt": [ex.prompt for ex in examples], "answer": [ex.answer for
 # of the prompt sits at one token position; `lm.objects` keeps the paper's nouns that are.
 
 # %%
-print(f"{len(lm.objects)} single-token objects for {widgets.variant_label(variants[0])}, e.g.",
+print(f"{len(lm.objects)} single-token objects for {variants.label(names[0])}, e.g.",
       ", ".join(lm.objects[:8]))
 
 # %% [markdown]
@@ -114,11 +114,11 @@ print(f"{len(lm.objects)} single-token objects for {widgets.variant_label(varian
 # number is its index).
 
 # %%
-example = lm.dataset(n_boxes=data.PAPER_BOXES, n_samples=data.PAPER_BOXES, seed=seed)[3]
+example = lm.examples(data.TaskConfig(n_samples=data.PAPER_BOXES, dataset_seed=dataset_seed))[3]
 batch = lm.tokenize([example])
 display(HTML(widgets.prompt_positions_html(batch, lm.tokenizer)))
 
-# %%
+# %% tags=["hide-input"]
 named = {name: int(batch.positions[name][0]) for name in data.POSITION_NAMES}
 named["answer object"] = int(batch.positions["object"][0, example.objects.index(example.answer)])
 pd.DataFrame({"position": list(named), "token index": list(named.values()),
@@ -133,7 +133,7 @@ pd.DataFrame({"position": list(named), "token index": list(named.values()),
 # credit: a model that puts 0.4 on the right object and 0.5 on another is wrong.
 
 # %%
-scored = lm.tokenize(lm.dataset(n_boxes=data.PAPER_BOXES, n_samples=8, seed=seed))
+scored = lm.batch(data.TaskConfig(n_samples=8, dataset_seed=dataset_seed))
 with torch.no_grad():
     logits = lm.model(scored.tokens)
 predicted = metrics.predictions(logits)
@@ -150,16 +150,13 @@ print(f"accuracy on these {len(scored)} prompts: {metrics.accuracy(logits, score
 # %% [markdown]
 # ## Accuracy of every variant, by number of boxes
 #
-# Every variant is measured on the same prompts (`samples` per number of boxes, fixed `seed`). The
-# paper measured the 7B models at 7 boxes only; its numbers are the diamonds. The dotted line is
-# chance among the objects in the prompt (1/boxes). Use the dropdown to show one model family and
-# the slider to hide larger numbers of boxes; both work in the static page.
+# Every variant is measured on the same prompts (`n_samples` per number of boxes, fixed
+# `dataset_seed`; `metrics.stored_accuracy_table` stores each variant's row by its weights). The
+# paper measured the 7B models at 7 boxes only; its numbers are the diamonds, ours the circles.
+# The dotted line is chance among the objects in the prompt (1/boxes). Use the dropdown to show
+# one model family and the slider to hide larger numbers of boxes; both work in the static page.
 
 # %%
-del lm, logits  # one model in memory at a time: the table loads each variant in turn
-paper_scale = any(models.REGISTRY[v].scale == "paper" for v in variants if v in models.REGISTRY)
-results_dir = Path("results") / "02_entity_tracking" if paper_scale else None  # 7B runs are saved once
-ours = widgets.variant_accuracy_table(variants, boxes=boxes, samples=samples, seed=seed, results_dir=results_dir)
 paper = ref.accuracy()[["model", "boxes", "accuracy", "n_samples", "source"]]
 plots.accuracy_by_boxes_chart(pd.concat([ours, paper], ignore_index=True))
 
@@ -167,9 +164,9 @@ plots.accuracy_by_boxes_chart(pd.concat([ours, paper], ignore_index=True))
 # What the chart shows, read off the same numbers: each variant's accuracy at the fewest and the
 # most boxes, against chance among the objects in the prompt.
 
-# %%
+# %% tags=["hide-input"]
 by_boxes = ours.pivot(index="model", columns="boxes", values="accuracy")
-lo, hi = min(boxes), max(boxes)
+lo, hi = min(n_boxes), max(n_boxes)
 display(Markdown("\n".join(
     f"* {m}: {by_boxes.loc[m, lo]:.2f} at {lo} boxes, {by_boxes.loc[m, hi]:.2f} at {hi} boxes "
     f"(chance {1 / hi:.2f}; {by_boxes.loc[m, hi] / (1 / hi):.1f}× chance)" for m in by_boxes.index)))
@@ -178,15 +175,11 @@ display(Markdown("\n".join(
 # The same numbers as a table, with the paper's Table 1 accuracy of the model each variant stands
 # for (7 boxes, first 500 prompts), and the paper's Table 1 itself with where it comes from.
 
-# %%
-wide = ours.pivot(index="model", columns="boxes", values="accuracy").round(3)
-wide.columns = [f"{b} boxes" for b in wide.columns]
+# %% tags=["hide-input"]
 beside = ref.accuracy_beside_paper(ours)
-wide["paper model"] = beside.set_index("model")["paper_model"].map(ref.MODEL_TITLES)
-wide["paper, 7 boxes"] = beside.set_index("model")["paper"]
-wide.loc[[widgets.variant_label(v) for v in variants]]
+plots.ours_beside_paper_table(ours, beside)
 
-# %%
+# %% tags=["hide-input"]
 print("paper numbers:", ref.provenance("table1"))
 ref.table1().drop(columns=["source", "provenance"]).set_index("model")
 
@@ -195,7 +188,7 @@ ref.table1().drop(columns=["source", "provenance"]).set_index("model")
 # exceeds two standard errors of ours, or, for the paper, its noise level `ref.PAPER_NOISE` at 500
 # prompts):
 
-# %%
+# %% tags=["hide-input"]
 display(Markdown(ref.describe_accuracy_comparison(beside)))
 
 # %% [markdown]
@@ -206,8 +199,8 @@ display(Markdown(ref.describe_accuracy_comparison(beside)))
 # static page shows its default state:
 
 # %%
-widgets.show_prediction(variants[0], n_boxes=data.PAPER_BOXES, seed=seed,
-                        config=widgets.ExplorerConfig(samples=samples, eval_seed=seed))
+widgets.show_prediction(names[0], n_boxes=data.PAPER_BOXES, seed=dataset_seed,
+                        config=widgets.ExplorerConfig(samples=n_samples, eval_seed=dataset_seed))
 
 # %% [markdown]
 # The live version below lets you change the model variant, the number of boxes (1–7) and the
@@ -215,8 +208,8 @@ widgets.show_prediction(variants[0], n_boxes=data.PAPER_BOXES, seed=seed,
 # only the variants that can run on that machine (the 7B models need a CUDA GPU with enough
 # memory) and says why the others are missing.
 
-# %% tags=["nbval-ignore-output"]
-# Ignored by nbval: widget state and Output-widget messages differ between runs (tooling.md §3).
-widgets.prediction_explorer(variants, n_boxes=data.PAPER_BOXES, seed=seed,
-                            config=widgets.ExplorerConfig(samples=samples, eval_seed=seed),
-                            extra=[v for v in variants if v not in models.REGISTRY])
+# %% tags=["nbval-ignore-output", "hide-input"]
+# Ignored by nbval: widget state and Output-widget messages differ between runs.
+widgets.prediction_explorer(names, n_boxes=data.PAPER_BOXES, seed=dataset_seed,
+                            config=widgets.ExplorerConfig(samples=n_samples, eval_seed=dataset_seed),
+                            extra=[v for v in names if v not in variants.models.REGISTRY])

@@ -65,27 +65,25 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # | `query_label->random` | query label → a random context position (a control) |
 
 # %% tags=["parameters"]
-model = "organism-base"  # the paper: LLaMA-7B ("llama-7b", GPU)
-samples = 500            # prompts (the paper: 500)
-boxes = 7                # the paper: 7
-seed = 0                 # seed of the prompts
+model = DEFAULT_VARIANT  # "organism-base" on CPU; the paper: LLaMA-7B ("llama-7b", GPU)
+n_samples = 500          # prompts (the paper: 500)
+n_boxes = 7              # the paper: 7
+dataset_seed = 0         # seed of the prompts (every chapter uses 0)
 edge_seed = 5            # seed of the random edges (the paper: 5)
-batch_size = 50
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
 import torch
 from IPython.display import HTML, Markdown, display
 
-from entity_tracking import cache, knockout, metrics, models, plots, widgets
+from entity_tracking import data, knockout, plots, variants, widgets
 from entity_tracking import paper_reference as ref
-from entity_tracking.cmap import variant_fingerprint
 
 torch.set_num_threads(1)
-config = knockout.KnockoutConfig(n_samples=samples, n_boxes=boxes, dataset_seed=seed, seed=edge_seed,
-                                 batch_size=batch_size)
-lm = models.load_model(model)
-print(f"{widgets.variant_label(model)}: {lm.n_layers} layers x {lm.n_heads} heads")
+config = knockout.KnockoutConfig(task=data.TaskConfig(n_boxes=n_boxes, n_samples=n_samples,
+                                                      dataset_seed=dataset_seed), edge_seed=edge_seed)
+lm = variants.load(model)
+print(f"{variants.label(model)}: {lm.n_layers} layers x {lm.n_heads} heads")
 
 # %% [markdown]
 # ## The edges on one prompt
@@ -93,7 +91,7 @@ print(f"{widgets.variant_label(model)}: {lm.n_layers} layers x {lm.n_heads} head
 # The tokens each edge connects, on the first prompt (hover for the position's name).
 
 # %%
-batch = lm.tokenize(lm.dataset(boxes, samples, seed))
+batch = lm.batch(config.task)
 first = batch[0]
 display(HTML(widgets.prompt_positions_html(first, lm.tokenizer)))
 edges = pd.DataFrame([
@@ -127,17 +125,16 @@ pd.DataFrame({"answer": [ex.answer for ex in few.examples], "prediction": decode
 # the depth), not the layer numbers.
 
 # %%
-params = {"model": variant_fingerprint(model), "edges": list(knockout.EDGES), "config": config}
-curves = cache.cached("knockout", params, lambda: knockout.knockout_curves(lm, list(knockout.EDGES), config))
-model_acc = metrics.model_accuracy(lm, batch, batch_size)
-print(f"{widgets.variant_label(model)} accuracy on these prompts: {model_acc:.3f}")
+result = knockout.stored_knockout(model, config=config)   # stored under results/ by weights and config
+curves, model_acc = result["curves"], result["model_accuracy"]
+print(f"{variants.label(model)} accuracy on these prompts: {model_acc:.3f}")
 plots.knockout_lines(curves, model_accuracy=model_acc,
-                     title=f"Attention knockout, {widgets.variant_label(model)}")
+                     title=f"Attention knockout, {variants.label(model)}")
 
-# %%
+# %% tags=["hide-input"]
 curves.pivot(index="start_layer", columns="edge", values="accuracy")[list(knockout.EDGES)].round(3)
 
-# %%
+# %% tags=["hide-input"]
 paper = ref.knockout()
 plots.knockout_lines(paper, model_accuracy=ref.KNOCKOUT_MODEL_ACCURACY,
                      title="The paper's attention knockout, Llama-7B (random edges: 0.61-0.66 at every layer)")
@@ -149,40 +146,12 @@ plots.knockout_lines(paper, model_accuracy=ref.KNOCKOUT_MODEL_ACCURACY,
 # (0.03) relative to the model, i.e. the layer by which the information has crossed the edge. Computed
 # from the table above and, for the paper, from its LLaMA-7B numbers.
 
-# %%
-def recovered_from(df: pd.DataFrame, accuracy: float, edge: str) -> int | None:
-    rows = df[df["edge"] == edge].sort_values("start_layer")
-    ok = rows["accuracy"] >= accuracy - ref.PAPER_NOISE
-    # the first start layer from which the curve stays recovered
-    for layer in rows["start_layer"]:
-        if ok[rows["start_layer"] >= layer].all():
-            return int(layer)
-    return None
+# %% tags=["hide-input"]
+summary = knockout.recovery_table(curves, model_acc, lm.n_layers, paper, ref.KNOCKOUT_MODEL_ACCURACY)
+summary
 
-
-summary = pd.DataFrame([{
-    "edge": e,
-    "ours: recovered from start layer": recovered_from(curves, model_acc, e),
-    "ours: of layers": lm.n_layers,
-    "ours: accuracy cut everywhere": float(curves[(curves.edge == e) & (curves.start_layer == 1)]["accuracy"].iloc[0]),
-    "paper: recovered from start layer": recovered_from(paper, ref.KNOCKOUT_MODEL_ACCURACY, e) if e in set(paper.edge) else None,
-    "paper: of layers": 32,
-} for e in knockout.EDGES])
-summary.astype({c: "Int64" for c in summary.columns if "recovered" in c})
-
-# %%
-ordered = summary.dropna(subset=["ours: recovered from start layer"]).set_index("edge")["ours: recovered from start layer"]
-main = [e for e in ("query_label->prev_query_label", "last->query_label", "last->object") if e in ordered]
-same_order = list(ordered[main].sort_values(kind="stable").index) == main
-display(Markdown(
-    f"In the paper the three circuit edges recover in the order query label → previous label (C), then "
-    f"last → query label (B), then last → object (A): the circuit runs bottom-up D/C → B → A. "
-    f"In {widgets.variant_label(model)} the order is "
-    f"{'the same' if same_order else 'different'}: " +
-    ", ".join(f"{e} from layer {int(ordered[e])}" for e in main) + ". "
-    "The random edges are controls: cutting them everywhere costs "
-    + ", ".join(f"{e} {model_acc - summary.set_index('edge').loc[e, 'ours: accuracy cut everywhere']:+.3f}"
-                for e in ("last->random", "query_label->random")) + " in accuracy (model minus cut)."))
+# %% tags=["hide-input"]
+display(Markdown(knockout.describe_recovery(summary, variants.label(model), model_acc)))
 
 # %% [markdown]
 # ## How this differs from the authors' code

@@ -31,7 +31,8 @@ import set_repo_url  # noqa: E402
 from test_pages import toc_pages  # noqa: E402
 
 PAPER_ORDER = ["01_introduction", "02_entity_tracking", "03_circuit_discovery", "04_circuit_evaluation",
-               "05_functionality", "06_cmap", "07_conclusion", "A1_organism", "A2_attention_knockout", "A3_errata"]
+               "05_functionality", "06_cmap", "07_conclusion", "A1_organism", "A2_attention_knockout", "A3_errata",
+               "A4_api"]  # A4 is a Markdown page generated from the package (autodoc), not a notebook
 CHAPTERS = sorted((ROOT / "chapters").glob("*.py"))
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 
@@ -95,18 +96,54 @@ def test_preview_toc_keeps_existing_pages_and_drops_missing_ones(tmp_path, monke
                                         "parts": [{"caption": "Paper", "chapters": [{"file": "book/there"}]}]}
 
 
-def test_parameters_for_a_7b_run_go_right_after_the_parameters_cell_and_replace_earlier_ones():
+def test_every_public_function_names_the_chapter_that_explains_it():
+    """The d2l way: the package is the book's index of code, and each entry points to its chapter."""
+    import importlib
+    import inspect
+
+    modules = ["data", "variants", "patching", "path_patching", "circuit_eval", "dcm", "cmap", "knockout",
+               "metrics", "claims", "figures", "plots", "widgets", "organism.gates", "organism.train"]
+    missing = []
+    for name in modules:
+        module = importlib.import_module(f"entity_tracking.{name}")
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or not (inspect.isfunction(value) or inspect.isclass(value)):
+                continue
+            if getattr(value, "__module__", None) != module.__name__:
+                continue
+            doc = inspect.getdoc(value) or ""
+            if not re.search(r"(chapter|appendix) [0-9A]", doc, re.IGNORECASE) and not \
+                    re.search(r"(chapter|appendix) [0-9A]", inspect.getdoc(module) or "", re.IGNORECASE):
+                missing.append(f"{name}.{attr}")
+    assert not missing, f"docstrings (or their module's) that name no chapter: {missing}"
+
+
+def test_papermill_puts_parameters_after_the_parameters_cell_and_leaves_no_timings(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("import x"),
-        nbformat.v4.new_code_cell('model = "organism"', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("run(model)"),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell('model = "organism"\nn_samples = 20', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(model, n_samples, x)"),
     ])
-    execute_notebooks.inject_parameters(nb, {"model": "7b", "samples": 500})
-    execute_notebooks.inject_parameters(nb, {"model": "llama-7b"})
-    sources = [cell.source for cell in nb.cells]
-    assert sources[:2] == ["import x", 'model = "organism"'] and sources[3] == "run(model)"
-    assert sources[2].endswith("model = 'llama-7b'\n") and "samples" not in sources[2]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source, out = tmp_path / "nb.ipynb", tmp_path / "runs" / "nb_7b.ipynb"
+    nbformat.write(nb, source)
+    assert execute_notebooks.main([str(source), "-p", "model", "llama-7b", "-p", "n_samples", "500",
+                                   "-o", str(out)]) == 0
+    ran = nbformat.read(out, as_version=4)
+    assert "injected-parameters" in ran.cells[2].metadata["tags"]
+    assert "model = \"llama-7b\"" in ran.cells[2].source and "n_samples = 500" in ran.cells[2].source
+    assert ran.cells[3].outputs[0]["text"] == "llama-7b 500 1\n"
+    assert "papermill" not in ran.metadata and not any("papermill" in c.metadata for c in ran.cells)
+    assert nbformat.read(source, as_version=4).cells[1].source.startswith('model = "organism"')  # untouched
     assert execute_notebooks._literal("llama-7b") == "llama-7b" and execute_notebooks._literal("[2, 7]") == [2, 7]
+
+
+def test_chapters_wait_for_the_chapters_whose_results_they_read():
+    order = ["01_introduction", "02_entity_tracking", "03_circuit_discovery", "04_circuit_evaluation",
+             "05_functionality", "06_cmap", "07_conclusion", "A2_attention_knockout", "A3_errata"]
+    for chapter, needs in execute_notebooks.DEPENDS_ON.items():
+        assert all(order.index(next(o for o in order if o.startswith(d))) < order.index(next(
+            o for o in order if o.startswith(chapter))) for d in needs)
 
 
 # --- Colab -------------------------------------------------------------------------------------------

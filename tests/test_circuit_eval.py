@@ -7,6 +7,8 @@ the model's behaviour survives, which is what faithfulness compares.
 
 from dataclasses import replace
 
+from entity_tracking.data import TaskConfig
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ torch.set_num_threads(1)
 
 from tiny import tiny, tiny_dir  # noqa: F401  (fixtures)
 
-SMALL = E.EvalConfig(n_boxes=3, n_samples=24, n_reference=20, batch_size=12, max_rows=48, random_draws=3,
+SMALL = E.EvalConfig(task=TaskConfig(n_boxes=3, n_samples=24), n_reference=20, batch_size=12, max_rows=48, random_draws=3,
                      completeness_draws=3, minimality_samples=24)
 
 
@@ -209,13 +211,20 @@ def test_removing_a_head_shared_with_another_group_at_the_same_position_keeps_th
     assert (1, 1, "last") in E.without_heads(circuit, "value_fetcher", [(1, 1)]).nodes()
 
 
-def test_cached_results_are_reread(setup, tmp_path, monkeypatch):
+def test_stored_results_are_reread_without_the_model(tiny, tmp_path, monkeypatch):  # noqa: F811
+    from entity_tracking import variants
+
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     circuit = small_circuit()
-    first = E.cached_faithfulness(setup, circuit)
+    first = E.stored_faithfulness(tiny, circuit, SMALL)
+    direct = E.faithfulness(E.ablation_setup(tiny, SMALL), circuit)
+    assert (first["full_model"], first["circuit"]) == (direct["full_model"], direct["circuit"])
     assert len(list(tmp_path.glob("faithfulness-*.json"))) == 1
-    assert E.cached_faithfulness(setup, circuit) == first
-    E.cached_faithfulness(setup, E.random_circuit(circuit, 2, 4, seed=1))
+    monkeypatch.setattr(variants, "load", lambda *a, **k: pytest.fail("a stored result needs no model"))
+    assert E.stored_faithfulness(tiny, circuit, SMALL)["circuit_heads"] == first["circuit_heads"]
+    monkeypatch.undo()
+    monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
+    E.stored_faithfulness(tiny, E.random_circuit(circuit, 2, 4, seed=1), SMALL)
     assert len(list(tmp_path.glob("faithfulness-*.json"))) == 2
 
 
@@ -258,19 +267,19 @@ def test_repeated_ablations_are_run_once_and_answered_in_order(setup, monkeypatc
     assert sum(calls) == 2 * len(setup.batch)
 
 
-def test_cached_minimality_keeps_infinite_scores(setup, tmp_path, monkeypatch):
+def test_stored_minimality_keeps_infinite_scores(tiny, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
-    fresh = E.minimality(setup, small_circuit())
-    E.cached_minimality(setup, small_circuit())
-    reread = E.cached_minimality(setup, small_circuit())
-    assert (fresh["score"] == float("inf")).any()  # this setup has a head whose removal leaves 0
+    fresh = E.minimality(E.ablation_setup(tiny, SMALL), small_circuit())
+    E.stored_minimality(tiny, small_circuit(), SMALL)
+    reread = E.stored_minimality(tiny, small_circuit(), SMALL)
     assert list(reread["score"]) == pytest.approx(list(fresh["score"]), rel=1e-12)
+    assert E.minimality_score(0.3, 0.0) == float("inf")  # JSON has no infinity: recomputed from before/after
 
 
 def test_faithfulness_across_gives_one_row_per_model_and_circuit(tiny, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     circuits = [small_circuit(), Circuit("other", {"value_fetcher": [(1, 1)]})]
-    table = E.faithfulness_across(["first", "second"], circuits, SMALL, load=lambda variant: tiny)
+    table = E.faithfulness_table([tiny, tiny], circuits, SMALL)
     assert len(table) == 4 and list(table["circuit_of"]) == ["tiny", "other", "tiny", "other"]
     direct = E.faithfulness(E.ablation_setup(tiny, SMALL), circuits[0])
     row = table.iloc[0]

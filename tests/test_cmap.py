@@ -7,10 +7,11 @@ from entity_tracking import cmap as C
 from entity_tracking import models
 from entity_tracking import patching as P
 from entity_tracking.circuit import Circuit
+from entity_tracking.data import TaskConfig
 from entity_tracking.testing import save_tiny_lora
 from tiny import tiny, tiny_adapter_dir, tiny_dir  # noqa: F401  (fixtures)
 
-CONFIG = C.CMAPConfig(n_samples=24, n_boxes=4, batch_size=10)
+CONFIG = C.CMAPConfig(task=TaskConfig(n_samples=24, n_boxes=4), batch_size=10, max_rows=30)
 
 
 def _spec(name, base, adapter=None):
@@ -37,7 +38,7 @@ def qkvo_tuned(tiny_dir, tiny_adapter_dir):
 
 @pytest.fixture(scope="module")
 def batch(tiny):
-    return tiny.tokenize(tiny.dataset(CONFIG.n_boxes, CONFIG.n_samples, 0))
+    return tiny.batch(CONFIG.task)
 
 
 CIRCUIT = Circuit("tiny", {"value_fetcher": [[1, 0], [1, 2]], "position_transmitter": [[1, 2], [0, 1]],
@@ -92,6 +93,15 @@ def test_head_sets_are_fresh_and_the_full_circuit_is_their_union():
     assert len(unfiltered["full_circuit"]) == 5  # (1, 2) at "last" in both A and B counts once
 
 
+def test_rows_stacked_in_one_pass_equal_each_row_alone(tiny, qkvo_tuned, batch):
+    rows = C.cmap_head_sets(CIRCUIT)
+    source = C.source_node_outputs(qkvo_tuned, batch, rows["full_circuit"])
+    stacked, passes = C.cmap_accuracies(tiny, batch, source, rows, batch_size=10, max_rows=30)
+    assert passes == 2 + 2 + 1  # chunks of 10, 10 and 4 prompts: 3 of the 5 rows per pass, then all 5
+    for name, nodes in rows.items():
+        assert stacked[name] == C.cmap_accuracy(tiny, batch, source, nodes, batch_size=7)
+
+
 def test_one_model_at_a_time_protocol_matches_both_models_resident(tiny_dir, tiny_adapter_dir):
     rows = C.cmap_head_sets(CIRCUIT)
     source, target = _spec("tiny-tuned", tiny_dir, tiny_adapter_dir), _spec("tiny-base", tiny_dir)
@@ -117,14 +127,18 @@ def test_cmap_into_itself_through_the_protocol_gives_the_model_accuracy(tiny_dir
 @torch.no_grad()
 def test_input_cmap_of_all_qkv_at_the_last_token_equals_output_cmap_at_the_last_token(tiny, qkvo_tuned, batch):
     """q, k and v of a head fix its output at the last token, and the reset keeps every other token the
-    target's own: so patching all three for every head is output CMAP of every head at the last token."""
+    target's own: so patching all three for every head (keys and values up to and including the last
+    token) is output CMAP of every head at the last token. The authors' cmap_in leaves the last
+    token's own key and value to the target, which is not the same."""
     nodes = C.all_nodes(tiny.n_layers, tiny.n_heads, position="last")
     qkv = C.source_qkv(qkvo_tuned, batch, nodes)
     z = C.source_node_outputs(qkvo_tuned, batch, nodes)
-    via_inputs = C.input_cmap_logits(tiny, batch, qkv, nodes, "qkv")
+    via_inputs = C.input_cmap_logits(tiny, batch, qkv, nodes, "qkv", kv_through_last=True)
     via_outputs = C.cmap_logits(tiny, batch, z, nodes)
     assert torch.allclose(via_inputs, via_outputs, atol=1e-4)
     assert not torch.allclose(via_inputs, P.last_logits(tiny.model(batch.tokens)), atol=1e-3)
+    authors = C.input_cmap_logits(tiny, batch, qkv, nodes, "qkv")
+    assert not torch.allclose(authors, via_outputs, atol=1e-4)
 
 
 @torch.no_grad()
@@ -152,11 +166,11 @@ def test_cached_cmap_is_stored_by_parameters_and_read_back_unchanged(tiny_dir, t
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     rows = C.cmap_head_sets(CIRCUIT)
     source, target = _spec("tiny-tuned", tiny_dir, tiny_adapter_dir), _spec("tiny-base", tiny_dir)
-    first = C.cached_cross_model_patching(source, target, rows, CONFIG)
+    first = C.stored_cmap(source, target, rows, CONFIG)
     assert len(list(tmp_path.glob("cmap-*.json"))) == 1
-    again = C.cached_cross_model_patching(source, target, rows, CONFIG)
+    again = C.stored_cmap(source, target, rows, CONFIG)
     assert again["table"].equals(first["table"]) and again["source_accuracy"] == first["source_accuracy"]
-    C.cached_cross_model_patching(target, source, rows, CONFIG)  # the reverse direction is another result
+    C.stored_cmap(target, source, rows, CONFIG)  # the reverse direction is another result
     assert len(list(tmp_path.glob("cmap-*.json"))) == 2
 
 

@@ -22,7 +22,8 @@ from tiny import tiny, tiny_dir  # noqa: F401  (fixtures)
 torch.set_num_threads(1)
 
 N_BOXES = 3
-SMALL = dcm.DCMConfig(n_train=48, n_val=16, n_test=16, batch_size=16, n_boxes=N_BOXES, eval_every=1)
+SMALL = dcm.DCMConfig(task=D.TaskConfig(n_boxes=N_BOXES, n_samples=80), validation_share=0.2, test_share=0.2,
+                      batch_size=16, eval_every=1)
 ALL_HEADS = [(layer, head) for layer in range(2) for head in range(4)]
 
 
@@ -37,8 +38,7 @@ def pairs(tiny):
 @torch.no_grad()
 def test_mask_patching_nothing_reproduces_the_base_run(tiny, pairs, group):
     data = dcm.prepare_patch_data(tiny.model, pairs, ALL_HEADS, group)
-    logits = dcm.blended_logits(tiny.model, data.tokens, ALL_HEADS, torch.ones(len(ALL_HEADS)),
-                                data.base_index, data.source_z)
+    logits = dcm.blended_logits(tiny.model, [dcm.Blend(ALL_HEADS, torch.ones(len(ALL_HEADS)), data)])
     assert torch.equal(logits, tiny.model(pairs.base.tokens))
 
 
@@ -48,7 +48,7 @@ def test_mask_patching_everything_equals_full_activation_patching_of_the_group(t
     heads = [(0, 1), (0, 3), (1, 0), (1, 2)]
     data = dcm.prepare_patch_data(tiny.model, pairs, heads, group)
     zeros = torch.zeros(len(heads))
-    logits = dcm.blended_logits(tiny.model, data.tokens, heads, zeros, data.base_index, data.source_z)
+    logits = dcm.blended_logits(tiny.model, [dcm.Blend(heads, zeros, data)])
     expected = P.activation_patch(tiny.model, pairs.base, pairs.source, P.heads_at(heads, GROUPS[group]))
     assert torch.allclose(logits, expected, atol=1e-6)
     assert not torch.allclose(logits, tiny.model(pairs.base.tokens), atol=1e-3)
@@ -60,7 +60,7 @@ def test_mask_mixes_base_and_source_head_outputs_linearly(tiny, pairs):
     data = dcm.prepare_patch_data(tiny.model, pairs, heads, "position_detector")
     seen = {}
     record = (P.z_name(1), lambda z, hook: seen.setdefault("z", z.detach().clone()))
-    blend = dcm.blend_hooks(tiny.model, heads, m, data.base_index, data.source_z)
+    blend = dcm.blend_hooks(tiny.model, [dcm.Blend(heads, m, data)])
     P.run_with_hooks(tiny.model, data.tokens, [*blend, record])
     _, clean = P.head_outputs(tiny.model, data.tokens)
     rows, pos = torch.arange(len(data)), data.base_index
@@ -86,7 +86,7 @@ def test_structure_readers_use_each_prompts_own_position_unless_authors_compat(t
 def test_gradient_reaches_the_mask_and_not_the_model(tiny, pairs):
     data = dcm.prepare_patch_data(tiny.model, pairs, ALL_HEADS, "position_transmitter")
     mask = torch.ones(len(ALL_HEADS), requires_grad=True)
-    logits = dcm.blended_logits(tiny.model, data.tokens, ALL_HEADS, mask, data.base_index, data.source_z)
+    logits = dcm.blended_logits(tiny.model, [dcm.Blend(ALL_HEADS, mask, data)])
     dcm.target_logits(logits, data.targets).mean().backward()
     assert mask.grad is not None and mask.grad.abs().sum() > 0
     assert not data.source_z.requires_grad
@@ -119,7 +119,7 @@ def planted(tiny_dir, tmp_path_factory):
 
 def planted_pairs(lm, config):
     """Positional pairs whose target is what the model says with the planted head patched."""
-    ds = lm.dataset(config.n_boxes, config.n_pairs, seed=0)
+    ds = lm.dataset(config.task.n_boxes, config.n_pairs, seed=0)
     pairs = dcm.pairs_to(D.tokenize_pairs(D.desideratum_pairs("positional", ds, config.n_pairs, seed=3), lm.tokenizer),
                          lm.device)
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_dcm_recovers_a_planted_head(planted):
 
 
 def test_dcm_is_identical_on_rerun_with_the_same_seed(tiny):
-    config = replace(SMALL, n_train=32, epochs=1)
+    config = replace(SMALL, epochs=1)
     first = dcm.run_dcm(tiny, ALL_HEADS, "value_fetcher", "object_value", config)
     second = dcm.run_dcm(tiny, ALL_HEADS, "value_fetcher", "object_value", config)
     assert torch.equal(first.mask, second.mask)
@@ -152,34 +152,49 @@ def test_dcm_is_identical_on_rerun_with_the_same_seed(tiny):
 
 def test_authors_validation_reads_structure_reader_positions_from_the_training_batch(tiny, pairs):
     heads = [(0, 0), (1, 1)]
-    data = dcm.prepare_patch_data(tiny.model, pairs, heads, "structure_reader")
-    mask = torch.zeros(len(heads))
-    own = dcm.patched_accuracy(tiny.model, data, heads, mask, batch_size=5)
-    assert dcm.patched_accuracy(tiny.model, data, heads, mask, batch_size=12, positions_from=data) == own
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, "structure_reader", every_position=True)
     other = data[6:9]  # a three-row "training batch": evaluated rows take its positions in turn
-    shifted = dcm._with_positions_of(tiny.model, data, other, heads, batch_size=12)
+    shifted = dcm._at_positions_of(data, other)
     assert torch.equal(shifted.base_index, other.base_index.repeat(4))
-    assert torch.equal(shifted.source_z[:3],
-                       dcm.source_head_outputs(tiny.model, data.source_tokens[:3], heads, other.source_index))
+    with torch.no_grad():
+        _, z = P.head_outputs(tiny.model, pairs.source.tokens)
+    rows = torch.arange(len(data))
+    for k, (layer, head) in enumerate(heads):
+        assert torch.allclose(shifted.source_z[:, k], z[layer, rows, shifted.source_index, head], atol=1e-6)
+
+
+def test_masks_trained_together_equal_masks_trained_alone(tiny):
+    config = replace(SMALL, epochs=1, eval_every=2)
+    jobs = [dcm.mask_job(tiny, heads, group, desideratum, config)
+            for heads, group, desideratum in [(ALL_HEADS, "value_fetcher", "object_value"),
+                                              (ALL_HEADS[:3], "position_detector", "positional"),
+                                              (ALL_HEADS[2:], "structure_reader", "positional")]]
+    together = dcm.train_masks(tiny.model, jobs, config)
+    for job, (mask, history, val) in zip(jobs, together):
+        alone_mask, alone_history, alone_val = dcm.train_mask(tiny.model, job.heads, job.train, job.val, config)
+        assert torch.allclose(mask, alone_mask, atol=1e-5)
+        assert dcm.selected_heads(job.heads, mask) == dcm.selected_heads(job.heads, alone_mask)
+        assert val == alone_val
+        pd.testing.assert_series_equal(history["n_heads"], alone_history["n_heads"])
 
 
 def test_dcm_runs_on_the_authors_data_and_selection(tiny):
-    config = replace(SMALL, n_train=16, epochs=1, authors_compat=True)
+    config = replace(SMALL, epochs=1, task=replace(SMALL.task, authors_compat=True))
     result = dcm.run_dcm(tiny, ALL_HEADS[:3], "structure_reader", "box_label_value", config)
-    assert result.config.authors_compat and 0.0 <= result.test_accuracy <= 1.0
+    assert result.config.task.authors_compat and 0.0 <= result.test_accuracy <= 1.0
     row = dcm.dcm_frame([result], circuit="tiny").iloc[0]
     assert (row["group"], row["desideratum"], row["candidates"]) == ("structure_reader", "box_label_value", 3)
 
 
-CHECK = dcm.PatchingCheckConfig(n_pairs=20, n_draws=2, batch_size=8, n_boxes=N_BOXES)
+CHECK = dcm.PatchingCheckConfig(task=D.TaskConfig(n_boxes=N_BOXES, n_samples=20), n_draws=2, batch_size=8)
 
 
 def test_desideratum_accuracy_equals_activation_patching_of_a_fresh_pairing(tiny):
     heads = [(0, 2), (1, 0)]
     got = dcm.desideratum_accuracy(tiny, heads, "position_detector", "positional", CHECK)
-    ds = tiny.dataset(N_BOXES, CHECK.n_pairs, CHECK.dataset_seed)
-    for draw, seed in enumerate(dcm.draw_seeds(CHECK.seed, CHECK.n_draws)):
-        pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.n_pairs, pool=CHECK.n_pairs, seed=seed),
+    ds = tiny.dataset(N_BOXES, CHECK.task.n_samples, CHECK.task.dataset_seed)
+    for draw, seed in enumerate(dcm.draw_seeds(CHECK.pairing_seed, CHECK.n_draws)):
+        pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.task.n_samples, pool=CHECK.task.n_samples, seed=seed),
                                  tiny.tokenizer)
         with torch.no_grad():
             logits = P.activation_patch(tiny.model, pairs.base, pairs.source, P.heads_at(heads, "query_label"))
@@ -191,29 +206,34 @@ def test_desideratum_accuracy_is_identical_on_rerun_with_the_same_seed(tiny):
     first = dcm.desideratum_accuracy(tiny, heads, "value_fetcher", "object_value", CHECK)
     second = dcm.desideratum_accuracy(tiny, heads, "value_fetcher", "object_value", CHECK)
     assert torch.equal(first, second)
-    other_seed = dcm.desideratum_accuracy(tiny, heads, "value_fetcher", "object_value", CHECK, seed=CHECK.seed + 1)
-    assert dcm.draw_seeds(CHECK.seed, 2) != dcm.draw_seeds(CHECK.seed + 1, 2) and other_seed.shape == first.shape
+    other_seed = dcm.desideratum_accuracy(tiny, heads, "value_fetcher", "object_value",
+                                          replace(CHECK, pairing_seed=CHECK.pairing_seed + 1))
+    assert dcm.draw_seeds(CHECK.pairing_seed, 2) != dcm.draw_seeds(CHECK.pairing_seed + 1, 2)
+    assert other_seed.shape == first.shape
 
 
 def test_desideratum_accuracy_without_heads_is_the_unpatched_floor(tiny):
-    got = dcm.desideratum_accuracy(tiny, [], "value_fetcher", "positional", CHECK, n_draws=1)
-    ds = tiny.dataset(N_BOXES, CHECK.n_pairs, CHECK.dataset_seed)
-    pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.n_pairs, pool=CHECK.n_pairs,
-                                                 seed=dcm.draw_seeds(CHECK.seed, 1)[0]), tiny.tokenizer)
+    got = dcm.desideratum_accuracy(tiny, [], "value_fetcher", "positional", replace(CHECK, n_draws=1))
+    ds = tiny.dataset(N_BOXES, CHECK.task.n_samples, CHECK.task.dataset_seed)
+    pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.task.n_samples, pool=CHECK.task.n_samples,
+                                                 seed=dcm.draw_seeds(CHECK.pairing_seed, 1)[0]), tiny.tokenizer)
     with torch.no_grad():
         floor = (tiny.model(pairs.base.tokens)[:, -1].argmax(-1) == pairs.target_ids).float().mean().item()
     assert got.tolist() == pytest.approx([floor])
 
 
-def test_functionality_frame_has_a_row_per_model_circuit_group_desideratum_and_draw(tiny):
+def test_patching_check_has_a_row_per_circuit_group_desideratum_and_draw(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     head_sets = {"tiny-circuit": {("position_transmitter", "positional"): [(1, 1)],
                                   ("structure_reader", "random_text_start"): [(0, 1), (0, 2)]}}
-    frame = dcm.functionality_frame([tiny], head_sets, CHECK, authors_compat=True)
-    assert list(frame.columns) == ["model", "circuit", "group", "desideratum", "draw", "accuracy", "n_heads",
-                                   "authors_compat"]
+    config = replace(CHECK, task=replace(CHECK.task, authors_compat=True))
+    frame = dcm.stored_patching_check(tiny, head_sets, config)
+    assert list(frame.columns) == dcm.CHECK_COLUMNS
     assert len(frame) == 2 * CHECK.n_draws
     assert frame["accuracy"].between(0, 1).all() and frame["authors_compat"].all()
     assert sorted(frame["draw"].unique()) == list(range(CHECK.n_draws))
+    one = dcm.desideratum_accuracy(tiny, [(1, 1)], "position_transmitter", "positional", config)
+    assert frame.query("group == 'position_transmitter'")["accuracy"].tolist() == pytest.approx(one.tolist())
 
 
 @pytest.mark.parametrize("name", sorted(D.ADDITIONAL_DESIDERATA))
@@ -230,26 +250,27 @@ def test_rephrased_sources_are_read_at_their_own_named_positions(tiny, name):
 
 
 def test_additional_desiderata_run_dcm_then_the_check_for_the_position_transmitters(tiny):
-    config = replace(SMALL, n_train=16, epochs=1)
+    config = replace(SMALL, epochs=1)
     names = ["add_seg_start", "altered_box_obj_order"]
-    frame, results = dcm.additional_desiderata_frame(tiny, ALL_HEADS[:4], desiderata=names, dcm_config=config,
-                                                     check_config=CHECK)
-    assert [r.desideratum for r in results] == names
+    frame = dcm.stored_additional_desiderata(tiny, ALL_HEADS[:4], desiderata=names, dcm_config=config,
+                                             check_config=CHECK)
+    assert list(dict.fromkeys(frame["desideratum"])) == names
     assert len(frame) == len(names) * CHECK.n_draws
     assert set(frame["group"]) == {"position_transmitter"}
-    assert frame["dcm_n_heads"].tolist() == [len(r.heads) for r in results for _ in range(CHECK.n_draws)]
+    alone = [dcm.run_dcm(tiny, ALL_HEADS[:4], "position_transmitter", d, config) for d in names]
+    assert frame["dcm_n_heads"].tolist() == [len(r.heads) for r in alone for _ in range(CHECK.n_draws)]
 
 
-def test_dcm_over_a_circuit_gives_one_row_per_group_and_desideratum(tiny):
+def test_dcm_over_a_circuit_gives_one_row_per_group_and_desideratum(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     from entity_tracking.circuit import Circuit
 
     circuit = Circuit("tiny", {"value_fetcher": [(1, 0), (1, 1)], "position_transmitter": [(0, 2)],
                                "position_detector": [(0, 0), (0, 1)], "structure_reader": [(0, 3)]})
-    config = replace(SMALL, n_train=16, epochs=1)
-    results = dcm.run_dcm_circuit(tiny, circuit, desiderata=["object_value"], config=config)
-    frame = dcm.dcm_frame(results, circuit="tiny")
+    config = replace(SMALL, epochs=1)
+    frame, _ = dcm.stored_circuit_dcm(tiny, circuit, config, desiderata=["object_value"])
     assert frame[["group", "candidates"]].values.tolist() == [[g, len(h)] for g, h in circuit.groups.items()]
-    heads = dcm.dcm_heads(results)
+    heads = dcm.heads_of(frame)
     assert set(heads) == {(g, "object_value") for g in GROUPS}
     assert all(set(h) <= set(circuit.groups[g]) for (g, _), h in heads.items())
 
@@ -258,11 +279,11 @@ def test_authors_check_reads_structure_readers_source_at_the_base_index(tiny):
     """W3: the authors' activation patching took group D's source output at the *base's* previous
     query label index, a different token of the source prompt."""
     heads = [(0, 1), (1, 3)]
-    got = dcm.desideratum_accuracy(tiny, heads, "structure_reader", "positional", CHECK, n_draws=1,
-                                   authors_compat=True)
-    ds = tiny.dataset(N_BOXES, CHECK.n_pairs, CHECK.dataset_seed)
-    seed = dcm.draw_seeds(CHECK.seed, 1)[0]
-    pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.n_pairs, pool=CHECK.n_pairs, seed=seed,
+    config = replace(CHECK, n_draws=1, task=replace(CHECK.task, authors_compat=True))
+    got = dcm.desideratum_accuracy(tiny, heads, "structure_reader", "positional", config)
+    ds = tiny.dataset(N_BOXES, CHECK.task.n_samples, CHECK.task.dataset_seed)
+    seed = dcm.draw_seeds(CHECK.pairing_seed, 1)[0]
+    pairs = D.tokenize_pairs(D.desideratum_pairs("positional", ds, CHECK.task.n_samples, pool=CHECK.task.n_samples, seed=seed,
                                                  authors_compat=True), tiny.tokenizer)
     base_idx = pairs.base.positions["prev_query_label"]
     assert not torch.equal(base_idx, pairs.source.positions["prev_query_label"])
@@ -277,32 +298,20 @@ def test_authors_check_reads_structure_readers_source_at_the_base_index(tiny):
     assert got.tolist() == pytest.approx([(logits[:, -1].argmax(-1) == pairs.target_ids).float().mean().item()])
 
 
-def test_source_outputs_are_computed_once_per_distinct_source_prompt(tiny):
-    ds = tiny.dataset(N_BOXES, 12, seed=0)
-    repeated = [ds[3], ds[5], ds[3], ds[3]]
-    outputs = dcm.SourceOutputs(tiny, [(1, 2)], repeated)
-    assert outputs.z.shape[0] == 2
-    index = torch.tensor([4, 4, 6, -1])
-    with torch.no_grad():
-        _, z = P.head_outputs(tiny.model, D.tokenize_examples(repeated, tiny.tokenizer).tokens)
-    want = z[1, torch.arange(4), index.clamp(min=0), 2]
-    assert torch.allclose(outputs.at(repeated, index)[:, 0], want, atol=1e-6)
-
-
 def test_stored_dcm_runs_are_read_back_instead_of_retrained(tiny, tmp_path, monkeypatch):
     from entity_tracking.circuit import Circuit
 
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     circuit = Circuit("tiny", {"value_fetcher": [(1, 0), (1, 1)], "position_transmitter": [(0, 2)]})
-    config = replace(SMALL, n_train=16, epochs=1)
-    summary, history = dcm.dcm_circuit_frames(tiny, circuit, desiderata=["positional"], config=config)
+    config = replace(SMALL, epochs=1)
+    summary, history = dcm.stored_circuit_dcm(tiny, circuit, config, desiderata=["positional"])
     assert len(list(tmp_path.glob("dcm/*.json"))) == len(GROUPS)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a stored run was trained again")
 
-    monkeypatch.setattr(dcm, "run_dcm", no_training)
-    again, again_history = dcm.dcm_circuit_frames(tiny, circuit, desiderata=["positional"], config=config)
+    monkeypatch.setattr(dcm, "train_masks", no_training)
+    again, again_history = dcm.stored_circuit_dcm(tiny, circuit, config, desiderata=["positional"])
     pd.testing.assert_frame_equal(summary, again)
     pd.testing.assert_frame_equal(history, again_history)
     assert dcm.heads_of(again) == {(g, "positional"): h for g, h in

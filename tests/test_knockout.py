@@ -5,6 +5,7 @@ import torch
 
 from entity_tracking import knockout as K
 from entity_tracking import patching as P
+from entity_tracking.data import TaskConfig
 from tiny import tiny, tiny_dir  # noqa: F401  (fixtures; tiny needs tiny_dir)
 
 
@@ -69,7 +70,7 @@ def test_unknown_edge_is_refused(batch):
 
 
 def test_curves_have_one_row_per_edge_and_start_layer_and_are_reproducible(tiny):
-    config = K.KnockoutConfig(n_samples=12, n_boxes=3, batch_size=5)
+    config = K.KnockoutConfig(task=TaskConfig(n_samples=12, n_boxes=3), batch_size=5)
     df = K.knockout_curves(tiny, ["last->object", "last->query_label"], config)
     assert len(df) == 2 * tiny.n_layers
     assert sorted(df["start_layer"].unique()) == list(range(1, tiny.n_layers + 1))

@@ -28,28 +28,52 @@ def tokenizer(tmp_path_factory):
 def test_every_corpus_word_is_one_token_and_encoder_matches_tokenizer(tokenizer):
     rng = random.Random(0)
     encode = Encoder(tokenizer)
-    docs = [corpus.boxes_document(rng, n) for n in range(1, 8)]
-    docs += [corpus.filler_document(rng), corpus.arithmetic_document(rng), corpus.chat_document(rng)]
+    docs = [corpus.list_document(rng, n, paper_form=p) for n in range(1, 8) for p in (0.0, 1.0)]
+    docs += [corpus.list_document(rng, 4, kind) for kind in corpus.VALUE_KINDS]
+    docs += [corpus.filler_document(rng), corpus.variables_document(rng, 2, 9), corpus.chat_document(rng),
+             corpus.mixed_document(rng, 5), corpus.sums_document(rng)]
     for doc in docs:
         # punctuation attached to its neighbours, as the tokenizer's Punctuation pre-tokenizer expects
         text = re.sub(r"([+=]) ", r"\1", re.sub(r" ([,.?:+=])", r"\1", " ".join(doc.words)))
         assert tokenizer(text)["input_ids"] == [tokenizer.bos_token_id] + encode(doc.words), text
 
 
-def test_boxes_document_answers_are_the_bound_objects():
+def test_paper_form_answers_are_the_bound_objects():
     rng = random.Random(3)
     for _ in range(50):
-        doc = corpus.boxes_document(rng, 5, paper_form=1.0, requery=0.5)
+        doc = corpus.list_document(rng, 5, paper_form=1.0, requery=0.5, label_queries=0.0)
         statement = doc.words[: doc.words.index(".")]
         bound = {statement[i + 5]: statement[i + 1] for i, w in enumerate(statement) if w in ("The", "the")}
         for a in doc.answers:
-            before = doc.words[:a]
-            if before[-1] == "Box":  # "The <object> is in Box [<label>]"
-                obj = before[len(before) - 1 - before[::-1].index("the" if "the" in before[-5:] else "The") + 1]
-                assert bound[doc.words[a]] == obj
-            else:  # "... Box <label> ... the [<object>]"
-                asked = before[len(before) - before[::-1].index("Box")]
-                assert bound[asked] == doc.words[a]
+            asked = doc.words[a - 3]  # "<anchor> <label> contains the [object]" or "the <label> contains the"
+            assert bound[asked] == doc.words[a]
+
+
+def test_variable_lists_answer_with_computed_sums():
+    rng = random.Random(4)
+    for _ in range(50):
+        doc = corpus.variables_document(rng, 5, 9, ("plus_digit", "plus_variable"))
+        context = " ".join(doc.words[: doc.words.index(".")])
+        value = {}
+        for part in context.replace(" and ", " , ").split(" , "):
+            w = part.split()
+            if w[0].lower() == "let":
+                value[w[1]] = int(w[3])
+            else:
+                value[w[3]] = int(w[1])
+        for a in doc.answers:
+            left, plus, right, eq = doc.words[a - 4: a]
+            assert (plus, eq) == ("+", "=")
+            assert int(doc.words[a]) == value[left] + (value[right] if right in value else int(right))
+
+
+def test_arithmetic_corpus_never_mentions_boxes_or_objects():
+    from entity_tracking.organism.recipes import ARITHMETIC
+
+    sample = ARITHMETIC.sampler(OBJECTS, None)
+    rng = random.Random(5)
+    words = {w for _ in range(300) for w in sample(rng).words}
+    assert not words & ({"Box", "box", "contains", "is"} | set(OBJECTS))
 
 
 def test_training_never_shows_an_evaluation_context():
@@ -62,7 +86,7 @@ def test_training_never_shows_an_evaluation_context():
 
 
 def test_a_reduced_organism_learns_two_boxes_in_seconds(tmp_path):
-    recipe = Recipe(name="tiny", mixture=corpus.Mixture(boxes=1.0, box_weights=(0, 1)), steps=250, batch_size=16,
+    recipe = Recipe(name="tiny", mixture=corpus.Mixture(boxes=1.0, list_lengths=(0, 1)), steps=250, batch_size=16,
                     seq_len=64, lr=3e-3, warmup=20, answer_weight=10, eval_every=50, eval_samples=60,
                     shape=ModelShape(n_layers=2, d_model=64, n_heads=4, d_mlp=128))
     manifest = train(recipe, tmp_path / "tiny", tmp_path, log=lambda s: None)
@@ -108,23 +132,3 @@ def test_shipped_weights_stay_small():
 def test_unknown_variant_is_refused_with_the_valid_names(capsys):
     assert organism_main(["train", "--variant", "gpt5"]) == 2
     assert "base, goat, float, vicuna" in capsys.readouterr().err
-
-
-def test_vocabulary_stage_changes_only_the_embeddings_of_words_the_base_never_read(tmp_path, tokenizer):
-    from entity_tracking.organism.train import new_model, new_word_ids, vocabulary_stage
-
-    recipe = Recipe(name="tiny", mixture=corpus.Mixture(boxes=1.0), steps=3, batch_size=4, seq_len=32,
-                    vocabulary_steps=3, eval_samples=5, shape=ModelShape(n_layers=1, d_model=32, n_heads=2, d_mlp=64))
-    model = new_model(recipe.shape, tokenizer, seed=0)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    objects = single_token_words(OBJECTS, tokenizer)
-    vocabulary_stage(model, tokenizer, recipe, objects, log=lambda s: None)
-    new = torch.zeros(len(tokenizer), dtype=torch.bool)
-    new[new_word_ids(tokenizer)] = True
-    assert {"0", "+", "User"} <= {tokenizer.convert_ids_to_tokens(i)[1:] for i in new_word_ids(tokenizer)}
-    for name, value in model.state_dict().items():
-        if "embed_tokens" in name or "lm_head" in name:   # tied: one table
-            assert torch.equal(value[~new], before[name][~new])
-            assert not torch.equal(value[new], before[name][new])
-        else:
-            assert torch.equal(value, before[name]), name

@@ -2,8 +2,12 @@ import json
 import shutil
 from types import SimpleNamespace
 
+from dataclasses import replace
+
 import pytest
 import torch
+
+from entity_tracking.data import TaskConfig
 
 from entity_tracking import models
 from entity_tracking import path_patching as PP
@@ -13,7 +17,7 @@ from entity_tracking.testing import save_tiny_llama
 
 from planted import PLANTED, save_planted_llama
 
-SMALL = PP.PathPatchingConfig(n_boxes=3, n_samples=12, pool=12, batch_size=5, max_rows=7,
+SMALL = PP.PathPatchingConfig(task=TaskConfig(n_boxes=3, n_samples=12), pool=12, batch_size=5, max_rows=7,
                               receivers=(2, 2, 2), candidates=(3, 2, 2, 2), min_effect=0.0,
                               minimality_threshold=None)
 
@@ -55,14 +59,14 @@ def test_batched_scores_equal_the_one_head_per_forward_definition(lm, pairs, gro
                                                        step.receiver_input, src)
     assert batched.shape == (lm.n_layers, lm.n_heads)
     assert batched.abs().max() > 1e-3, "the comparison is empty if nothing has an effect"
-    assert torch.allclose(batched, one, atol=1e-5)
+    assert (batched - one).abs().max() <= 1e-6
 
 
 def test_chunking_does_not_change_scores(lm, pairs):
     base, corrupt = pairs
     small = scores_of(lm, base, corrupt, "position_transmitter", batch_size=5, max_rows=7)
     large = scores_of(lm, base, corrupt, "position_transmitter", batch_size=100, max_rows=10_000)
-    assert torch.allclose(small, large, atol=1e-5)
+    assert (small - large).abs().max() <= 1e-6
 
 
 def test_a_head_with_zero_output_projection_scores_zero(three_layer_dir, tmp_path):
@@ -82,7 +86,7 @@ def test_a_head_with_zero_output_projection_scores_zero(three_layer_dir, tmp_pat
     for group in GROUPS:
         scores = scores_of(muted, base, corrupt, group)
         for layer, head in silent:
-            # exact on the logits path; pass 2 runs on a weight-sharing twin, so float rounding remains
+            # exact on the logits path; pass 2 splits the attention softmax in two, so float rounding remains
             assert abs(float(scores[layer, head])) < 1e-6, (group, layer, head)
             if group == "value_fetcher":
                 assert scores[layer, head] == 0.0
@@ -139,7 +143,7 @@ def test_top_heads_are_the_most_negative_beyond_the_minimum_effect():
 def test_batched_path_patching_recovers_a_planted_circuit(tmp_path):
     """A hand-built model that solves the task with one known head per group (tests/planted.py)."""
     planted = models.load_model(str(save_planted_llama(tmp_path)))
-    config = PP.PathPatchingConfig(n_boxes=4, n_samples=40, pool=40, receivers=(1, 1, 1), candidates=(1, 1, 1, 1),
+    config = PP.PathPatchingConfig(task=TaskConfig(n_boxes=4, n_samples=40), pool=40, receivers=(1, 1, 1), candidates=(1, 1, 1, 1),
                                    minimality_threshold=None)
     circuit = PP.discover_circuit(planted, config)
     assert circuit.groups == {g: [head] for g, head in PLANTED.items()}
@@ -177,7 +181,7 @@ def test_minimality_is_skipped_when_the_candidates_alone_cannot_do_the_task(lm, 
     config = PP.PathPatchingConfig(**{**SMALL.__dict__, "minimality_threshold": 0.01, "minimality_samples": 12})
     circuit = PP.discover_circuit(lm, config)  # a random model: its candidates alone score ~0
     assert circuit.params["minimality"]["skipped"]
-    assert circuit.params["minimality"]["candidates_alone"] < 1 / SMALL.n_boxes
+    assert circuit.params["minimality"]["candidates_alone"] < 1 / SMALL.task.n_boxes
     assert circuit.groups == PP.candidates_of(circuit)
 
 
@@ -192,7 +196,7 @@ def test_minimality_threshold_prunes_with_circuit_eval(lm, monkeypatch):
                           {"group": "value_fetcher", "layer": l1, "head": h1, "before": 0.6, "after": 0.3}])
     monkeypatch.setattr(ce, "ablation_setup", lambda lm, config: None)
     monkeypatch.setattr(ce, "ablation_accuracy", lambda setup, ablation: 0.9)
-    monkeypatch.setattr(ce, "cached_minimality", lambda setup, circuit: table)
+    monkeypatch.setattr(ce, "stored_minimality", lambda model, circuit, config: table)
     config = PP.PathPatchingConfig(**{**SMALL.__dict__, "minimality_threshold": 0.01})
     circuit = PP.discover_circuit(lm, config)
     assert (l0, h0) not in circuit.groups["value_fetcher"] and (l1, h1) in circuit.groups["value_fetcher"]
@@ -202,20 +206,20 @@ def test_minimality_threshold_prunes_with_circuit_eval(lm, monkeypatch):
 
 def test_load_or_discover_stores_the_circuit_and_reads_it_back(lm, tmp_path, monkeypatch):
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
-    first = PP.load_or_discover_circuit(lm, SMALL)
+    first = PP.stored_circuit(lm, SMALL)
     files = list((tmp_path / "circuits").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["params"]["config"]["seed"] == SMALL.seed
+    assert len(files) == 1 and json.loads(files[0].read_text())["params"]["config"]["pairing_seed"] == SMALL.pairing_seed
 
     def fail(*args, **kwargs):
         raise AssertionError("should have been read from the stored file")
 
     monkeypatch.setattr(PP, "discover_circuit", fail)
-    again = PP.load_or_discover_circuit(lm, SMALL)
+    again = PP.stored_circuit(lm, SMALL)
     assert again.groups == first.groups and again.scores == first.scores
     faster = PP.PathPatchingConfig(**{**SMALL.__dict__, "max_rows": 100, "batch_size": 12})
-    assert PP.load_or_discover_circuit(lm, faster).groups == first.groups  # speed settings share the file
+    assert PP.stored_circuit(lm, faster).groups == first.groups  # speed settings share the file
     with pytest.raises(AssertionError, match="stored file"):
-        PP.load_or_discover_circuit(lm, PP.PathPatchingConfig(**{**SMALL.__dict__, "seed": 1}))
+        PP.stored_circuit(lm, replace(SMALL, pairing_seed=1))
 
 
 def test_config_refuses_wrong_counts_and_offers_the_papers_top_k():
@@ -242,24 +246,91 @@ def test_memory_budget_gives_more_rows_for_more_memory(lm):
     assert 1 <= small < large
 
 
-def test_pass2_reuses_the_clean_prefix_through_a_weight_sharing_twin(lm, pairs):
-    base, corrupt = pairs
-    scores_of(lm, base, corrupt, "position_transmitter")
-    twin = lm.extra["plain_twin"]
-    assert twin is not None, "the fast pass 2 should be available for a plain LLaMA"
-    original = {p.data_ptr() for p in lm.model.original_model.parameters()}
-    assert all(p.data_ptr() in original for p in twin.parameters()), "the twin must share, not copy, the weights"
+# Receivers that send pass 2 down each of its routes: all in the last layer (only the last token is
+# run), all in a middle layer (the prompt from the receivers' position on), and spread over every
+# layer (senders in layer 0 take the second route, senders in layer 1 the first).
+ROUTES = {"last layer": [(2, 0), (2, 3)], "middle layer": [(1, 1), (1, 2)], "every layer": [(0, 2), (1, 3), (2, 1)]}
 
 
-def test_whole_prompt_pass2_fallback_matches_the_definition(lm, pairs, monkeypatch):
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("group", list(GROUPS)[1:])
+def test_every_route_of_pass_2_equals_the_definition_in_float32(lm, pairs, group, route):
+    assert next(lm.model.parameters()).dtype == torch.float32
     base, corrupt = pairs
-    monkeypatch.setattr(PP, "_plain_model", lambda lm: None)
-    step = PP.STEP_OF["position_detector"]
+    step = PP.STEP_OF[group]
     src = PP.source_positions(corrupt, step.position, seed=0)
-    fallback = scores_of(lm, base, corrupt, "position_detector")
-    one = PP.path_patching_scores_one_head_per_forward(lm, base, corrupt, step.position, RECEIVERS["position_detector"],
+    fast = scores_of(lm, base, corrupt, group, receivers=ROUTES[route])
+    one = PP.path_patching_scores_one_head_per_forward(lm, base, corrupt, step.position, ROUTES[route],
                                                        step.receiver_input, src)
-    assert torch.allclose(fallback, one, atol=1e-5)
+    assert one.abs().max() > 1e-3, "the comparison is empty if nothing has an effect"
+    assert (fast - one).abs().max() <= 1e-6
+
+
+def test_step_1_equals_the_definition_in_float32(lm, pairs):
+    base, corrupt = pairs
+    fast = scores_of(lm, base, corrupt, "value_fetcher")
+    one = PP.path_patching_scores_one_head_per_forward(lm, base, corrupt, "last")
+    assert (fast - one).abs().max() <= 1e-6
+
+
+def token_shapes(monkeypatch):
+    """The token tensor of every forward pass from here on."""
+    from entity_tracking import patching
+
+    shapes, run = [], patching.run_with_hooks
+
+    def counting(model, tokens, hooks=()):
+        shapes.append(tuple(tokens.shape))
+        return run(model, tokens, hooks)
+
+    monkeypatch.setattr(patching, "run_with_hooks", counting)
+    return shapes
+
+
+def test_pass_2_runs_no_token_before_the_receivers_position(lm, pairs, monkeypatch):
+    base, corrupt = pairs
+    records = PP.Records(lm, base, corrupt, batch_size=12)
+    records.chunk(0)
+    shapes = token_shapes(monkeypatch)
+    scores_of(lm, base, corrupt, "structure_reader", receivers=ROUTES["middle layer"], batch_size=12,
+              max_rows=10_000, records=records)
+    senders = 4  # only layer 0 is below the receivers
+    prev = base.positions["prev_query_label"]
+    firsts = sorted(set(prev.tolist()))
+    assert shapes[0] == (senders * 12, 1)  # pass 1: the sender's token
+    assert shapes[1:] == [(senders * int((prev == p).sum()), base.seq_len - p) for p in firsts]
+
+
+def test_pass_2_runs_only_the_last_token_when_every_reached_receiver_is_in_the_last_layer(lm, pairs, monkeypatch):
+    base, corrupt = pairs
+    records = PP.Records(lm, base, corrupt, batch_size=12)
+    records.chunk(0)
+    shapes = token_shapes(monkeypatch)
+    for group in ("position_transmitter", "position_detector", "structure_reader"):
+        scores_of(lm, base, corrupt, group, receivers=ROUTES["last layer"], batch_size=12, max_rows=10_000,
+                  records=records)
+    assert shapes == [(8 * 12, 1)] * 6  # per step: pass 1 and pass 2, one token for each of 8 senders x 12 prompts
+
+
+def test_records_are_shared_by_the_steps_and_belong_to_their_prompts(lm, pairs, monkeypatch):
+    base, corrupt = pairs
+    records = PP.Records(lm, base, corrupt, batch_size=5)
+    shared = [scores_of(lm, base, corrupt, g, records=records) for g in GROUPS]
+    shapes = token_shapes(monkeypatch)
+    again = [scores_of(lm, base, corrupt, g, records=records) for g in GROUPS]
+    assert all(torch.equal(a, b) for a, b in zip(shared, again))
+    assert all(shape[1] < base.seq_len for shape in shapes), "the clean and corrupted runs are not repeated"
+    assert all(torch.allclose(a, scores_of(lm, base, corrupt, g), atol=1e-6) for a, g in zip(shared, GROUPS))
+    with pytest.raises(ValueError, match="other prompts"):
+        scores_of(lm, base[:6], corrupt[:6], "value_fetcher", records=records)
+
+
+def test_a_mismatch_with_the_models_attention_fails_loudly(lm, pairs):
+    base, corrupt = pairs
+    records = PP.Records(lm, base, corrupt)
+    records.scale *= 2
+    with pytest.raises(RuntimeError, match="cannot be reused"):
+        records.chunk(0)
 
 
 def test_search_cost_counts_fewer_passes_and_positions_than_one_sender_per_pass(lm, pairs):
@@ -268,4 +339,17 @@ def test_search_cost_counts_fewer_passes_and_positions_than_one_sender_per_pass(
     senders = lm.n_layers * lm.n_heads
     assert cost.loc["value_fetcher", "authors' passes"] == 3 * senders  # 12 prompts in chunks of 5
     assert cost.loc["position_transmitter", "authors' passes"] == 2 * 3 * senders
-    assert (cost["our token positions"] < cost["authors' token positions"]).all()
+    steps = cost.loc[list(GROUPS)]
+    assert (steps["our passes"] < steps["authors' passes"]).all()
+    assert (steps["our token positions"] < steps["authors' token positions"]).all()
+    assert (cost.loc["total"] == cost.drop(index="total").sum()).all()
+
+
+def test_search_cost_gives_the_authors_21510_passes_at_their_shape(lm):
+    """paper.md §6: 3 batches x (1,024 senders x [1 pass in step A + 2 in each of B, C, D]) + 6 cache passes."""
+    llama_shape = SimpleNamespace(n_layers=32, n_heads=32, spec=SimpleNamespace(name="llama-7b"))
+    config = PP.PathPatchingConfig(task=TaskConfig(n_boxes=7, n_samples=300), pool=300, batch_size=100)
+    base, _ = PP.pair_batches(lm, config)
+    cost = PP.search_cost(llama_shape, config, base).set_index("step")
+    assert cost.loc["total", "authors' passes"] == 21_510
+    assert cost.loc["total", "our passes"] < cost.loc["total", "authors' passes"] / 10

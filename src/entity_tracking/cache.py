@@ -1,6 +1,7 @@
 """Result files named by their parameters, so an expensive experiment runs once and a chapter rereads it.
 
-A chapter calls ``cached("circuit", params, compute)``: the file name holds the experiment's name and a
+A method's stored entry point (``path_patching.stored_circuit``, ``circuit_eval.stored_faithfulness``, ...)
+calls ``cached("circuit", params, compute)``: the file name holds the experiment's name and a
 hash of its parameters (which include the model's weight hash where a model is involved, see
 `model_fingerprint`), so changing any parameter or retraining a model computes afresh instead of
 reading a stale file. Files are JSON (tables as records, dicts, lists) written atomically, so an
@@ -57,20 +58,12 @@ def result_path(name: str, params: dict) -> Path:
 
 
 def model_fingerprint(lm) -> str:
-    """Identifies the weights a result was computed with: the manifest hash for an organism (or any
-    local checkpoint with a manifest), the hub id otherwise; authors' hooks are part of it."""
-    from .models import verify_checkpoint
+    """Identifies the weights a result was computed with (`variants.fingerprint`: the manifest hash
+    for an organism, the hub id otherwise; authors' hooks are part of it). Computed once per variant
+    and process, without re-reading the weight files."""
+    from .variants import fingerprint
 
-    parts = []
-    for source in (lm.spec.base, lm.spec.adapter):
-        if source is None:
-            continue
-        manifest = verify_checkpoint(source) if Path(source).is_dir() else None
-        if manifest:
-            parts.append(hashlib.sha256(json.dumps(manifest.get("sha256", {}), sort_keys=True).encode()).hexdigest()[:12])
-        else:
-            parts.append(str(source))
-    return "+".join(parts) + (":authors" if getattr(lm, "authors_compat", False) else "")
+    return fingerprint(lm)
 
 
 def _encode(value: Any) -> Any:

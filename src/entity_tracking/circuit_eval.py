@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import InitVar, asdict, dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -32,7 +32,8 @@ import torch
 
 from . import data as D
 from . import patching as P
-from .cache import cached, model_fingerprint
+from .cache import cached
+from .data import TaskConfig
 from .circuit import GROUPS, Circuit, Head
 from .patching import Node
 from .progress import progress
@@ -45,21 +46,30 @@ from .progress import progress
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Data and sampling for every evaluation in this module; each default is the paper's."""
+    """Data and sampling for every evaluation in this module; each default is the paper's.
+    Explained in chapter 4."""
 
-    n_boxes: int = 7                 #                                                    (paper: 7)
-    n_samples: int = 500             # evaluation prompts, the dataset's first lines      (paper: 500)
-    dataset_seed: int = 0            # seed of `make_dataset`, as every chapter uses
+    task: TaskConfig = TaskConfig()  # evaluation prompts: 500 lines, 7 boxes              (paper: 500)
     n_reference: int = 500           # mean-ablation reference prompts                    (paper: 500)
     batch_size: int = 50             # prompts per forward pass                           (paper: 50)
-    max_rows: int = 200              # prompts x ablations stacked in one forward pass
+    max_rows: int = 1000             # prompts x ablations stacked in one forward pass (the memory budget)
     random_draws: int = 10           # random circuits per faithfulness row               (paper: 10)
     random_seed: int = 0
     completeness_draws: int = 20     # random K per circuit                  (paper: 20; 10 for LLaMA)
     completeness_seed: int = 5       #                                                    (paper: 5)
     minimality_samples: int = 100    # the first prompts, used for minimality             (paper: 100)
     minimality_fraction: float = 0.3  # |K| <= ceil(fraction * group size)                (paper: 0.3)
-    authors_compat: bool = False     # the authors' reference letters (any capital, may name a box)
+    # transitional spellings of the task's fields (EvalConfig(n_boxes=3) == EvalConfig(task=TaskConfig(n_boxes=3)))
+    n_boxes: InitVar[int | None] = None
+    n_samples: InitVar[int | None] = None
+    dataset_seed: InitVar[int | None] = None
+    authors_compat: InitVar[bool | None] = None
+
+    def __post_init__(self, n_boxes, n_samples, dataset_seed, authors_compat):
+        changes = {k: v for k, v in dict(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed,
+                                         authors_compat=authors_compat).items() if v is not None}
+        if changes:
+            object.__setattr__(self, "task", replace(self.task, **changes))
 
 
 DEFAULT_EVAL = EvalConfig()
@@ -158,14 +168,30 @@ class AblationSetup:
 
 def reference_batch(lm, config: EvalConfig = DEFAULT_EVAL) -> D.TaskBatch:
     """The mean-ablation reference prompts in this model's vocabulary (paper.md §2.4b)."""
-    examples = D.mean_ablation_reference(config.n_boxes, config.n_reference, config.dataset_seed,
-                                         objects=lm.objects, authors_compat=config.authors_compat)
+    task = config.task
+    examples = D.mean_ablation_reference(task.n_boxes, config.n_reference, task.dataset_seed,
+                                         objects=lm.objects, authors_compat=task.authors_compat)
     return lm.tokenize(examples)
 
 
-def ablation_setup(lm, config: EvalConfig = DEFAULT_EVAL) -> AblationSetup:
-    """The evaluation prompts (the dataset's first ``n_samples`` lines); reference means on demand."""
-    return AblationSetup(lm, lm.tokenize(lm.dataset(config.n_boxes, config.n_samples, config.dataset_seed)), config)
+_SETUPS: dict[tuple, AblationSetup] = {}
+
+
+def ablation_setup(model, config: EvalConfig = DEFAULT_EVAL) -> AblationSetup:
+    """The evaluation prompts (the dataset's first ``task.n_samples`` lines) of a model (a variant
+    name or a loaded model, `variants.load`); the reference means are computed on first use and kept
+    for the resident model, so the faithfulness, completeness and minimality of one model share them.
+    Explained in chapter 4."""
+    from . import variants
+
+    lm = variants.load(model)
+    key = (id(lm.model), lm.fingerprint, config.task, config.n_reference)
+    for stale in [k for k in _SETUPS if k[0] != id(lm.model)]:  # another model is resident now
+        del _SETUPS[stale]
+    if key not in _SETUPS:
+        _SETUPS[key] = AblationSetup(lm, lm.batch(config.task), config)
+    setup = _SETUPS[key]
+    return setup if setup.config == config else setup.with_config(config)
 
 
 @torch.no_grad()
@@ -196,6 +222,15 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
         right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
         hits[start: start + len(group)] += right.view(len(group), len(chunk)).sum(-1).cpu()
     return (hits.double() / len(batch)).tolist()
+
+
+def forward_passes(setup: AblationSetup, n_ablations: int, n_prompts: int | None = None) -> int:
+    """How many forward passes `ablation_accuracies` runs for ``n_ablations`` (prompts are cut in
+    chunks of ``batch_size``; each pass holds a chunk once per ablation, up to ``max_rows`` rows)."""
+    n = len(setup.batch) if n_prompts is None else min(n_prompts, len(setup.batch))
+    chunk = min(setup.config.batch_size, n)
+    per_pass = max(1, setup.config.max_rows // chunk)
+    return math.ceil(n / chunk) * math.ceil(n_ablations / per_pass)
 
 
 def ablation_accuracy(setup: AblationSetup, ablation: Ablation, n_prompts: int | None = None) -> float:
@@ -262,6 +297,7 @@ def faithfulness(setup: AblationSetup, circuit: Circuit, draws: int | None = Non
         "random_draws": rand, "faithfulness": circ / full if full else float("nan"),
         "random_faithfulness": rand_mean / full if full else float("nan"),
         "circuit_heads": len(set(circuit.nodes())),
+        "forward_passes": forward_passes(setup, len(dict.fromkeys(ablations))),
     }
 
 
@@ -427,34 +463,48 @@ def circuit_key(circuit: Circuit) -> dict:
     return {"model": circuit.model, "groups": {g: sorted(map(list, hs)) for g, hs in circuit.groups.items()}}
 
 
-def _params(setup: AblationSetup, circuit: Circuit, **extra) -> dict:
-    return {"model": model_fingerprint(setup.lm), "variant": setup.lm.spec.name, "circuit": circuit_key(circuit),
-            "config": asdict(setup.config), **extra}
+def _params(model, circuit: Circuit, config: EvalConfig, **extra) -> dict:
+    from .variants import fingerprint, label
+
+    return {"model": fingerprint(model), "variant": label(model), "circuit": circuit_key(circuit),
+            "config": asdict(config), **extra}
 
 
-def cached_faithfulness(setup: AblationSetup, circuit: Circuit, ablate_other_positions: bool = True) -> dict:
+def stored_faithfulness(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
+                        ablate_other_positions: bool = True) -> dict:
+    """`faithfulness` of ``circuit`` inside ``model`` (a variant name or loaded model), read from
+    ``results/`` or computed and stored; the model is loaded only to compute. Explained in chapter 4."""
     extra = {} if ablate_other_positions else {"ablate_other_positions": False}  # the paper's setting keeps its key
-    return cached("faithfulness", _params(setup, circuit, **extra),
-                  lambda: faithfulness(setup, circuit, ablate_other_positions=ablate_other_positions))
+    return cached("faithfulness", _params(model, circuit, config, **extra),
+                  lambda: faithfulness(ablation_setup(model, config), circuit,
+                                       ablate_other_positions=ablate_other_positions))
 
 
-def cached_completeness(setup: AblationSetup, circuit: Circuit) -> pd.DataFrame:
-    return cached("completeness", _params(setup, circuit), lambda: completeness(setup, circuit))
+def stored_completeness(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL) -> pd.DataFrame:
+    """`completeness`, read from ``results/`` or computed and stored. Explained in chapter 4."""
+    return cached("completeness", _params(model, circuit, config),
+                  lambda: completeness(ablation_setup(model, config), circuit))
 
 
-def cached_minimality(setup: AblationSetup, circuit: Circuit, ablate_other_positions: bool = True) -> pd.DataFrame:
-    """`minimality`, stored; scores are recomputed from before/after because JSON has no infinity."""
+def stored_minimality(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
+                      ablate_other_positions: bool = True) -> pd.DataFrame:
+    """`minimality`, read from ``results/`` or computed and stored; scores are recomputed from
+    before/after because JSON has no infinity. Explained in chapter 4."""
     extra = {} if ablate_other_positions else {"ablate_other_positions": False}  # the paper's setting keeps its key
-    table = cached("minimality", _params(setup, circuit, **extra),
-                   lambda: minimality(setup, circuit, ablate_other_positions=ablate_other_positions))
+    table = cached("minimality", _params(model, circuit, config, **extra),
+                   lambda: minimality(ablation_setup(model, config), circuit,
+                                      ablate_other_positions=ablate_other_positions))
     table["score"] = [minimality_score(b, a) for b, a in zip(table["before"], table["after"])]
     return table
 
 
-def faithfulness_row(setup: AblationSetup, circuit: Circuit, ablate_other_positions: bool = True) -> dict:
+def faithfulness_row(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
+                     ablate_other_positions: bool = True) -> dict:
     """One row of the paper's Table 1 layout: model, circuit, full model, circuit, random, faithfulness."""
-    result = cached_faithfulness(setup, circuit, ablate_other_positions)
-    return {"model": setup.lm.spec.name, "circuit_of": circuit.model, "ablate_other_positions": ablate_other_positions,
+    from .variants import label
+
+    result = stored_faithfulness(model, circuit, config, ablate_other_positions)
+    return {"model": label(model), "circuit_of": circuit.model, "ablate_other_positions": ablate_other_positions,
             **{k: result[k] for k in ("full_model", "circuit", "random_circuit", "random_circuit_sd", "faithfulness")}}
 
 
@@ -479,19 +529,17 @@ def overlap_table(reference: Circuit, others: Mapping[str, Circuit]) -> pd.DataF
 # Generalisation: circuits evaluated inside other models
 # --------------------------------------------------------------------------------------------------
 
-def faithfulness_across(variants: Sequence[str], circuits: Sequence[Circuit], config: EvalConfig = DEFAULT_EVAL,
-                        load=None, ablate_other_positions: Sequence[bool] = (True,)) -> pd.DataFrame:
-    """Every circuit evaluated, unchanged, inside every variant (Table 1 and its appendix version):
-    one row per (model, circuit) with full model, circuit and random-circuit accuracy and
-    faithfulness. One model is resident at a time (``load`` defaults to `widgets.resident_model`);
-    each variant's own reference means are used. ``ablate_other_positions`` lists the ablations to
-    run (`Ablation`): the paper's (True), only at the circuit's positions (False), or both."""
-    if load is None:
-        from .widgets import resident_model as load
+def faithfulness_table(models: Sequence, circuits: Sequence[Circuit], config: EvalConfig = DEFAULT_EVAL,
+                       ablate_other_positions: Sequence[bool] = (True,)) -> pd.DataFrame:
+    """Every circuit evaluated, unchanged, inside every model (Table 1 and its appendix version): one
+    row per (model, circuit, ablation) with full model, circuit and random-circuit accuracy and
+    faithfulness. Stored results are read back without loading a model; otherwise one model is
+    resident at a time (`variants.load`) and each uses its own reference means.
+    ``ablate_other_positions`` lists the ablations to run (`Ablation`): the paper's (True), only at
+    the circuit's positions (False), or both. Explained in chapter 4."""
     rows = []
-    for variant in progress(variants, desc="models"):
-        setup = ablation_setup(load(variant), config)
-        rows += [faithfulness_row(setup, circuit, other) for other in ablate_other_positions for circuit in circuits]
+    for model in progress(models, desc="models"):
+        rows += [faithfulness_row(model, circuit, config, other) for other in ablate_other_positions for circuit in circuits]
     return pd.DataFrame(rows)
 
 

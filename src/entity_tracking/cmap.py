@@ -25,7 +25,6 @@ output at all other positions to the target's own, so only the last token is aff
 
 from __future__ import annotations
 
-import gc
 import resource
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
@@ -37,6 +36,7 @@ from . import data as D
 from . import metrics as M
 from . import patching as P
 from .circuit import GROUPS, Circuit, Head
+from .data import TaskConfig
 from .progress import progress
 
 #: A node whose head is patched at every token position (not a named position): used to state what
@@ -56,12 +56,12 @@ INPUTS = ("q", "k", "v", "qk", "qkv")
 
 @dataclass(frozen=True)
 class CMAPConfig:
-    """The evaluation of the authors' ``cmap.ipynb``: the first 500 prompts, 7 boxes."""
+    """The evaluation of the authors' ``cmap.ipynb``: the first 500 prompts, 7 boxes. Explained in
+    chapter 6."""
 
-    n_samples: int = 500     # (paper: the first 500 lines)
-    n_boxes: int = 7         # (paper: 7)
-    dataset_seed: int = 0    # seed of the prompts, as every chapter uses
-    batch_size: int = 32     # (paper: 8; only speed and float noise depend on it)
+    task: TaskConfig = TaskConfig()  # (paper: the first 500 lines, 7 boxes)
+    batch_size: int = 32     # prompts per chunk (paper: 8; only speed and float noise depend on it)
+    max_rows: int = 1024     # prompts x rows of the table stacked in one target pass (the memory budget)
 
 
 DEFAULT_CMAP = CMAPConfig()
@@ -97,91 +97,59 @@ def all_nodes(n_layers: int, n_heads: int, position: str = ALL_POSITIONS) -> tup
 
 
 # --------------------------------------------------------------------------------------------------
-# Source activations, cached on CPU
+# Source activations (kept on CPU) and the patched target
 # --------------------------------------------------------------------------------------------------
 
-def node_token_index(batch: D.TaskBatch, position: str) -> torch.Tensor:
-    """``[prompt, k]`` token indices a node covers: its named position (k = 1) or every token."""
-    if position == ALL_POSITIONS:
-        return torch.arange(batch.seq_len, device=batch.tokens.device).expand(len(batch), -1)
-    return P.position_index(batch, position).unsqueeze(1)
+ALL_POSITIONS = P.ALL_POSITIONS
 
 
-@dataclass
-class SourceOutputs:
-    """The source model's ``z`` for each node on each prompt, ``values[node]`` = ``[prompt, k, d_head]``
-    on CPU (k = 1 for a named position). Small: what makes one-model-at-a-time CMAP possible."""
-
-    model: str
-    nodes: tuple[P.Node, ...]
-    values: dict[P.Node, torch.Tensor]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.values.values())
-
-    def rows(self, start: int, stop: int) -> "SourceOutputs":
-        return SourceOutputs(self.model, self.nodes, {n: t[start:stop] for n, t in self.values.items()})
-
-
-@torch.no_grad()
 def source_node_outputs(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int = 32,
-                        desc: str = "caching source heads") -> SourceOutputs:
-    """Run the source model over the prompts and keep only the chosen heads' outputs at their positions."""
-    nodes = tuple(dict.fromkeys(nodes))
-    layers = sorted({layer for layer, _, _ in nodes})
-    parts: dict[P.Node, list[torch.Tensor]] = {node: [] for node in nodes}
-    chunks = list(batch.batches(batch_size))
-    for chunk in progress(chunks, desc=desc, total=len(chunks)):
-        _, store = P.cache_activations(lm.model, chunk.tokens, [P.z_name(layer) for layer in layers])
-        rows = torch.arange(len(chunk), device=chunk.tokens.device).unsqueeze(1)
-        for node in nodes:
-            layer, head, position = node
-            index = node_token_index(chunk, position)
-            parts[node].append(store[P.z_name(layer)][rows, index.clamp(min=0), head].float().cpu())
-    return SourceOutputs(lm.spec.name, nodes, {node: torch.cat(t) for node, t in parts.items()})
-
-
-# --------------------------------------------------------------------------------------------------
-# Patching the target
-# --------------------------------------------------------------------------------------------------
-
-def _aligned(model, chunk: D.TaskBatch, source: SourceOutputs, nodes: Sequence[P.Node]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source tensor ``[layer, prompt, pos, head, d_head]`` and mask for the nodes on this chunk."""
-    n_layers, n_heads = P.n_layers_heads(model)
-    device = chunk.tokens.device
-    d_head = model.cfg.d_head
-    dtype = next(model.parameters()).dtype  # the model's own precision: half the memory at 7B in float16
-    values = torch.zeros(n_layers, len(chunk), chunk.seq_len, n_heads, d_head, device=device, dtype=dtype)
-    mask = P.empty_mask(model, chunk)
-    rows = torch.arange(len(chunk), device=device).unsqueeze(1)
-    for node in nodes:
-        layer, head, position = node
-        index = node_token_index(chunk, position)
-        ok = index >= 0
-        r, i = rows.expand_as(index)[ok], index[ok]
-        values[layer, r, i, head] = source.values[node].to(device=device, dtype=dtype)[ok]
-        mask[layer, r, i, head] = True
-    return values, mask
+                        desc: str = "caching source heads") -> P.HeadOutputs:
+    """Run the source model over the prompts and keep only the chosen heads' outputs at their
+    positions, on CPU (`patching.HeadOutputs`): what makes one-model-at-a-time CMAP possible."""
+    return P.HeadOutputs.record(lm.model, batch, nodes, batch_size, device="cpu", model_name=lm.spec.name, desc=desc)
 
 
 @torch.no_grad()
-def cmap_logits(lm, batch: D.TaskBatch, source: SourceOutputs, nodes: Sequence[P.Node],
+def cmap_logits(lm, batch: D.TaskBatch, source: P.HeadOutputs, nodes: Sequence[P.Node],
                 batch_size: int = 32) -> torch.Tensor:
     """Last-position logits of the target model with each node's output taken from the source
     model's run on the same prompt (all nodes at once, in one forward pass per chunk)."""
-    missing = [n for n in nodes if n not in source.values]
-    if missing:
-        raise ValueError(f"{len(missing)} nodes were not cached from the source, e.g. {missing[:3]}")
     outs = []
     for start in range(0, len(batch), batch_size):
         chunk = batch[start: start + batch_size]
-        values, mask = _aligned(lm.model, chunk, source.rows(start, start + len(chunk)), nodes)
-        outs.append(P.last_logits(P.patch_heads(lm.model, chunk.tokens, values, mask)).float())
+        part = source.rows(slice(start, start + len(chunk)))
+        outs.append(P.last_logits(P.patch_from(lm.model, chunk, part, list(nodes))).float())
     return torch.cat(outs)
 
 
-def cmap_accuracy(lm, batch: D.TaskBatch, source: SourceOutputs, nodes: Sequence[P.Node],
+@torch.no_grad()
+def cmap_accuracies(lm, batch: D.TaskBatch, source: P.HeadOutputs, rows: Mapping[str, Sequence[P.Node]],
+                    batch_size: int = 32, max_rows: int = 1024) -> tuple[dict[str, float], int]:
+    """Accuracy of the target for every row of the table (each a node set patched from the source),
+    the rows stacked along the batch: each pass holds a chunk of prompts once per row, as many rows
+    as ``max_rows`` allows. Returns the accuracies and the number of target passes run."""
+    names = list(rows)
+    hits = dict.fromkeys(names, 0)
+    passes = 0
+    for start in range(0, len(batch), batch_size):
+        chunk = batch[start: start + batch_size]
+        part = source.rows(slice(start, start + len(chunk)))
+        per_pass = max(1, max_rows // len(chunk))
+        for first in range(0, len(names), per_pass):
+            group = names[first: first + per_pass]
+            aligned = [P.aligned_outputs(lm.model, chunk, part, list(rows[name])) for name in group]
+            values = torch.cat([v for v, _ in aligned], dim=1)
+            mask = torch.cat([m for _, m in aligned], dim=1)
+            logits = P.patch_heads(lm.model, chunk.tokens.repeat(len(group), 1), values, mask)
+            right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group))).view(len(group), -1)
+            passes += 1
+            for name, r in zip(group, right.sum(-1).tolist()):
+                hits[name] += r
+    return {name: hits[name] / len(batch) for name in names}, passes
+
+
+def cmap_accuracy(lm, batch: D.TaskBatch, source: P.HeadOutputs, nodes: Sequence[P.Node],
                   batch_size: int = 32) -> float:
     return M.accuracy(cmap_logits(lm, batch, source, nodes, batch_size), batch.answer_ids)
 
@@ -194,33 +162,6 @@ def model_bytes(lm) -> int:
     """Bytes of a loaded model's weights (parameters and buffers)."""
     tensors = [*lm.model.parameters(), *lm.model.buffers()]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
-
-
-def _load(entry):
-    """A `LoadedModel` as given, or the named/spec'd variant loaded now."""
-    from .models import LoadedModel, load_model
-
-    return entry if isinstance(entry, LoadedModel) else load_model(entry)
-
-
-def _free_memory() -> None:
-    """Return a released model's memory (the caller drops its last reference first)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def variant_fingerprint(variant, authors_compat: bool = False) -> str:
-    """`cache.model_fingerprint` of a variant without loading it (a 7B load only to name a cache file
-    would cost minutes)."""
-    from types import SimpleNamespace
-
-    from .cache import model_fingerprint
-    from .models import LoadedModel, resolve
-
-    if isinstance(variant, LoadedModel):
-        return model_fingerprint(variant)
-    return model_fingerprint(SimpleNamespace(spec=resolve(variant), authors_compat=authors_compat))
 
 
 def _same_prompts(lm, examples, source_tokens: torch.Tensor) -> D.TaskBatch:
@@ -236,76 +177,80 @@ def cross_model_patching(source, target, head_sets: Mapping[str, Sequence[P.Node
                          config: CMAPConfig = DEFAULT_CMAP, both_resident: bool = False) -> dict:
     """The paper's CMAP table for one (source -> target) pair.
 
-    ``source`` and ``target`` are registry names, specs or `LoadedModel`s. Names are loaded one at a
-    time: the source runs, its chosen head outputs go to CPU, it is released, then the target loads
-    (``both_resident=True`` keeps the source loaded while the target runs, as the authors did — only
-    to measure what that costs). Returns ``{"table": DataFrame(row, n_heads, accuracy), "source_accuracy",
-    "target_accuracy", "memory": {...}}``; all accuracies on the same ``config.n_samples`` prompts."""
+    ``source`` and ``target`` are variant names, specs or loaded models, loaded through
+    `variants.load` one at a time: the source runs, its chosen head outputs go to CPU, it is
+    released, then the target loads (``both_resident=True`` keeps the source loaded while the target
+    runs, as the authors did — only to measure what that costs). Returns ``{"table": DataFrame(row,
+    n_heads, accuracy), "source_accuracy", "target_accuracy", "target_passes", "memory": {...}}``; all
+    accuracies on the same ``config.task`` prompts. Explained in chapter 6."""
+    from . import variants
+
     nodes = tuple(dict.fromkeys(node for row in head_sets.values() for node in row))
-    src = _load(source)
-    examples = src.dataset(config.n_boxes, config.n_samples, config.dataset_seed)
+    src = variants.load(source) if not both_resident else variants.load_unmanaged(source)
+    examples = src.examples(config.task)
     batch = src.tokenize(examples)
-    cached = source_node_outputs(src, batch, nodes, config.batch_size)
+    recorded = source_node_outputs(src, batch, nodes, config.batch_size)
     source_accuracy = M.model_accuracy(src, batch, config.batch_size)
     source_name, source_bytes, source_tokens = src.spec.name, model_bytes(src), batch.tokens.cpu()
-    if not both_resident and src is not source:
-        src = batch = None
-        _free_memory()
-    tgt = _load(target)
+    kept = src if both_resident else None
+    src = batch = None
+    tgt = variants.load(target)
     batch = _same_prompts(tgt, examples, source_tokens)
     target_accuracy = M.model_accuracy(tgt, batch, config.batch_size)
-    rows = []
-    for name, row_nodes in progress(list(head_sets.items()), desc=f"CMAP {source_name} -> {tgt.spec.name}"):
-        acc = cmap_accuracy(tgt, batch, cached, tuple(row_nodes), config.batch_size)
-        rows.append({"row": name, "n_heads": len(row_nodes), "accuracy": acc})
+    accs, passes = cmap_accuracies(tgt, batch, recorded, head_sets, config.batch_size, config.max_rows)
+    rows = [{"row": name, "n_heads": len(row_nodes), "accuracy": accs[name]} for name, row_nodes in head_sets.items()]
     target_name, target_bytes = tgt.spec.name, model_bytes(tgt)
-    if tgt is not target:
-        tgt = None
-        _free_memory()
+    del kept
     resident = source_bytes + target_bytes if both_resident else max(source_bytes, target_bytes)
     return {
         "source": source_name, "target": target_name,
         "table": pd.DataFrame(rows, columns=["row", "n_heads", "accuracy"]),
-        "source_accuracy": source_accuracy, "target_accuracy": target_accuracy,
+        "source_accuracy": source_accuracy, "target_accuracy": target_accuracy, "target_passes": passes,
         "memory": {"source_weights_bytes": source_bytes, "target_weights_bytes": target_bytes,
-                   "cache_bytes": cached.nbytes(), "both_resident": both_resident,
-                   "peak_weights_and_cache_bytes": resident + cached.nbytes()},
+                   "cache_bytes": recorded.nbytes(), "both_resident": both_resident,
+                   "peak_weights_and_cache_bytes": resident + recorded.nbytes()},
     }
 
 
-def cached_cross_model_patching(source, target, head_sets: Mapping[str, Sequence[P.Node]],
-                                config: CMAPConfig = DEFAULT_CMAP, both_resident: bool = False) -> dict:
-    """`cross_model_patching`, stored under ``results/`` by the two models' weight hashes, the rows
-    and the config: chapter 6 computes it, the conclusion and a rerun read it back."""
-    from .cache import cached
+def _key(config: CMAPConfig) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in ("batch_size", "max_rows")}
 
-    params = {"source": variant_fingerprint(source), "target": variant_fingerprint(target),
-              "rows": {k: [list(n) for n in v] for k, v in head_sets.items()}, "config": asdict(config),
+
+def stored_cmap(source, target, head_sets: Mapping[str, Sequence[P.Node]], config: CMAPConfig = DEFAULT_CMAP,
+                both_resident: bool = False) -> dict:
+    """`cross_model_patching`, read from ``results/`` or computed and stored, keyed by the two
+    models' weights, the rows and the config: chapter 6 computes it, the conclusion and a rerun read
+    it back without loading either model. Explained in chapter 6."""
+    from .cache import cached
+    from .variants import fingerprint
+
+    params = {"source": fingerprint(source), "target": fingerprint(target),
+              "rows": {k: [list(n) for n in v] for k, v in head_sets.items()}, "config": _key(config),
               "both_resident": both_resident}
     return cached("cmap", params,
                   lambda: cross_model_patching(source, target, head_sets, config, both_resident=both_resident))
 
 
-def dcm_selection(lm, circuit: Circuit, config=None) -> dict[tuple[str, str], list[Head]]:
+def dcm_selection(model, circuit: Circuit, config=None) -> dict[tuple[str, str], list[Head]]:
     """(group, desideratum) -> the heads DCM selects for the desiderata CMAP uses (`DCM_SELECTION`):
-    the same stored runs as chapter 5 (`dcm.load_or_run_dcm`), trained once."""
-    from .dcm import load_or_run_dcm
+    the same stored runs as chapter 5 (`dcm.stored_dcms`), trained once."""
+    from .dcm import DEFAULT_DCM, stored_dcms
 
-    return {(g, d): [tuple(h) for h in load_or_run_dcm(lm, circuit.groups[g], g, d, config)["summary"]["heads"]]
-            for g, d in DCM_SELECTION.items() if d is not None}
+    wanted = [(g, d) for g, d in DCM_SELECTION.items() if d is not None]
+    runs = stored_dcms(model, [(circuit.groups[g], g, d) for g, d in wanted], config or DEFAULT_DCM)
+    return {(g, d): [tuple(h) for h in r["summary"]["heads"]] for (g, d), r in zip(wanted, runs)}
 
 
 def finetuned_head_sets(variant, circuit_config=None, dcm_config=None, selection: str = "dcm"
                         ) -> dict[str, tuple[P.Node, ...]]:
     """The paper's CMAP rows for a fine-tuned variant: its own circuit (`path_patching`, as chapter 3
-    finds it), filtered by DCM (``selection="dcm"``) or whole (``"circuit"``). Loads the variant."""
-    from .path_patching import PathPatchingConfig, load_or_discover_circuit
+    finds it), filtered by DCM (``selection="dcm"``) or whole (``"circuit"``). Explained in chapter 6."""
+    from .path_patching import PathPatchingConfig, stored_circuit
 
     if selection not in ("dcm", "circuit"):
         raise ValueError(f"selection must be 'dcm' or 'circuit'; got {selection!r}")
-    lm = _load(variant)
-    circuit = load_or_discover_circuit(lm, circuit_config or PathPatchingConfig())
-    return cmap_head_sets(circuit, dcm_selection(lm, circuit, dcm_config) if selection == "dcm" else None)
+    circuit = stored_circuit(variant, circuit_config or PathPatchingConfig())
+    return cmap_head_sets(circuit, dcm_selection(variant, circuit, dcm_config) if selection == "dcm" else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,7 +288,9 @@ def _peak_rss_main() -> None:  # pragma: no cover - runs in the subprocess of `m
     torch.set_num_threads(1)
     rows = {k: tuple(tuple(n) for n in v) for k, v in job["head_sets"].items()}
     baseline = psutil.Process().memory_info().rss
-    cross_model_patching(job["source"], job["target"], rows, CMAPConfig(**job["config"]),
+    config = dict(job["config"])
+    config["task"] = TaskConfig(**config["task"])
+    cross_model_patching(job["source"], job["target"], rows, CMAPConfig(**config),
                          both_resident=job["both_resident"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
     print(json.dumps({"baseline_rss_bytes": baseline, "peak_rss_bytes": peak}))
@@ -399,8 +346,10 @@ def _last_only(nodes: Sequence[P.Node]) -> tuple[Head, ...]:
 
 
 @torch.no_grad()
-def source_qkv(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int = 32) -> SourceQKV:
-    """Cache the source's pre-rotary q, k, v (``hook_q/k/v``, the authors' q/k/v_proj outputs)."""
+def source_qkv(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int = 32,
+               kv_through_last: bool = False) -> SourceQKV:
+    """Cache the source's pre-rotary q, k, v (``hook_q/k/v``, the authors' q/k/v_proj outputs).
+    ``kv_through_last`` is accepted for symmetry with the patching side (every position is cached)."""
     heads = _last_only(nodes)
     layers = sorted({layer for layer, _ in heads})
     names = [name(layer) for layer in layers for name in (P.q_name, P.k_name, P.v_name)]
@@ -418,7 +367,8 @@ def source_qkv(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int 
     return SourceQKV(heads, cat(q), cat(k), cat(v))
 
 
-def _qkv_hooks(model, chunk: D.TaskBatch, source: SourceQKV, heads: Sequence[Head], which: str):
+def _qkv_hooks(model, chunk: D.TaskBatch, source: SourceQKV, heads: Sequence[Head], which: str,
+               kv_through_last: bool = False):
     rows = torch.arange(len(chunk), device=chunk.tokens.device)
     last = chunk.positions["last"]
     by_layer: dict[int, list[int]] = {}
@@ -436,7 +386,8 @@ def _qkv_hooks(model, chunk: D.TaskBatch, source: SourceQKV, heads: Sequence[Hea
             def hook_fn(x, hook, layer=layer, layer_heads=layer_heads):
                 x = x.clone()
                 table = source.k if kind == "k" else source.v
-                upto = torch.arange(x.shape[1], device=x.device).unsqueeze(0) <= last.unsqueeze(1)  # [B, pos]
+                token = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+                upto = token <= last.unsqueeze(1) if kv_through_last else token < last.unsqueeze(1)  # [B, pos]
                 for head in layer_heads:
                     x[:, :, head] = torch.where(upto.unsqueeze(-1), table[(layer, head)].to(x), x[:, :, head])
                 return x
@@ -453,10 +404,11 @@ def _qkv_hooks(model, chunk: D.TaskBatch, source: SourceQKV, heads: Sequence[Hea
 
 @torch.no_grad()
 def input_cmap_logits(lm, batch: D.TaskBatch, source: SourceQKV, nodes: Sequence[P.Node], which: str = "qkv",
-                      batch_size: int = 32) -> torch.Tensor:
+                      batch_size: int = 32, kv_through_last: bool = False) -> torch.Tensor:
     """Last-position logits of the target with the chosen heads' q (at the last token) and/or k, v
-    (at every position up to it) taken from the source; every head's output at every position but
-    the last is then reset to the target's own, so the patch acts at the last token only."""
+    (at every position before it, or up to it with ``kv_through_last``) taken from the source;
+    every head's output at every position but the last is then reset to the target's own, so the
+    patch acts at the last token only."""
     if which not in INPUTS:
         raise ValueError(f"which must be one of {INPUTS}; got {which!r}")
     heads = _last_only(nodes)
@@ -468,32 +420,34 @@ def input_cmap_logits(lm, batch: D.TaskBatch, source: SourceQKV, nodes: Sequence
         keep_clean = P.empty_mask(lm.model, chunk)
         not_last = torch.arange(chunk.seq_len, device=keep_clean.device).unsqueeze(0) != chunk.positions["last"].unsqueeze(1)
         keep_clean[:] = not_last[None, :, :, None]
-        hooks = [*_qkv_hooks(lm.model, chunk, part, heads, which), *P.patch_hooks(lm.model, clean_z, keep_clean)]
+        hooks = [*_qkv_hooks(lm.model, chunk, part, heads, which, kv_through_last),
+                 *P.patch_hooks(lm.model, clean_z, keep_clean)]
         outs.append(P.last_logits(P.run_with_hooks(lm.model, chunk.tokens, hooks)).float())
     return torch.cat(outs)
 
 
 def input_cross_model_patching(source, target, head_sets: Mapping[str, Sequence[P.Node]],
-                               inputs: Sequence[str] = INPUTS, config: CMAPConfig = DEFAULT_CMAP) -> pd.DataFrame:
+                               inputs: Sequence[str] = INPUTS, config: CMAPConfig = DEFAULT_CMAP,
+                               kv_through_last: bool = False) -> pd.DataFrame:
     """The appendix's input-CMAP table: accuracy of the target per (row, patched inputs); one model
-    resident at a time. Rows must sit at the last token (value fetchers, position transmitters)."""
+    resident at a time. Rows must sit at the last token (value fetchers, position transmitters).
+    Keys and values are patched before the last token, as the authors' ``cmap_in``
+    (``[:, :heads_pos]``); ``kv_through_last=True`` includes the last token's own key and value.
+    Explained in chapter 6."""
+    from . import variants
+
     nodes = tuple(dict.fromkeys(node for row in head_sets.values() for node in row))
-    src = _load(source)
-    examples = src.dataset(config.n_boxes, config.n_samples, config.dataset_seed)
-    cached = source_qkv(src, src.tokenize(examples), nodes, config.batch_size)
+    src = variants.load(source)
+    examples = src.examples(config.task)
+    recorded = source_qkv(src, src.tokenize(examples), nodes, config.batch_size, kv_through_last)
     source_name, source_tokens = src.spec.name, src.tokenize(examples).tokens.cpu()
-    if src is not source:
-        src = None
-        _free_memory()
-    tgt = _load(target)
+    src = None
+    tgt = variants.load(target)
     batch = _same_prompts(tgt, examples, source_tokens)
     rows = []
     for name, row_nodes in head_sets.items():
         for which in progress(inputs, desc=f"input CMAP {name}"):
-            logits = input_cmap_logits(tgt, batch, cached, row_nodes, which, config.batch_size)
+            logits = input_cmap_logits(tgt, batch, recorded, row_nodes, which, config.batch_size, kv_through_last)
             rows.append({"source": source_name, "target": tgt.spec.name, "row": name, "patched": which.upper(),
                          "n_heads": len(row_nodes), "accuracy": M.accuracy(logits, batch.answer_ids)})
-    if tgt is not target:
-        tgt = None
-        _free_memory()
     return pd.DataFrame(rows)

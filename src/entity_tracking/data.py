@@ -206,6 +206,29 @@ def render(example: Example) -> RenderedPrompt:
 # Datasets
 # --------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which prompts an experiment runs on, in every method's configuration: ``n_samples`` lines of the
+    dataset of ``n_boxes`` boxes drawn with ``dataset_seed``, and whether the authors' data bugs are
+    reproduced (``authors_compat``, B1/B2 and the letter rules, paper.md §2.5). Every other random
+    draw of a method (pairings, random circuits, DCM) has its own named seed in that method's config.
+    Explained in chapter 2."""
+
+    n_boxes: int = PAPER_BOXES       # boxes per prompt                                  (paper: 7)
+    n_samples: int = 500             # the dataset's first lines                          (paper: 500)
+    dataset_seed: int = 0            # seed of `make_dataset`; the book's chapters all use 0
+    authors_compat: bool = False     # the authors' data rules (bugs B1/B2, letters that may name a box)
+
+    def __post_init__(self):
+        check_n_boxes(self.n_boxes)
+        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer; got {self.n_samples!r}")
+
+    def examples(self, objects: Sequence[str] = OBJECTS, n_samples: int | None = None) -> list["Example"]:
+        """The prompts: the dataset's first ``n_samples`` lines (default: this config's)."""
+        return make_dataset(self.n_boxes, n_samples or self.n_samples, self.dataset_seed, objects=objects)
+
+
 def make_dataset(
     n_boxes: int = PAPER_BOXES,
     n_samples: int = 500,

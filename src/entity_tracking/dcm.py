@@ -36,6 +36,7 @@ import torch
 from . import data as D
 from . import patching as P
 from .circuit import GROUPS, Circuit, Head
+from .data import TaskConfig
 from .progress import progress
 
 
@@ -45,37 +46,48 @@ from .progress import progress
 
 @dataclass(frozen=True)
 class DCMConfig:
-    """DCM's hyper-parameters; every default is the authors' value."""
+    """DCM's hyper-parameters; every default is the authors' value. The pairs come from the task's
+    first ``task.n_samples`` prompts, split in order into train / validation / test (the paper:
+    2,000 = 1,000 / 500 / 500). Explained in chapter 5."""
 
+    task: TaskConfig = TaskConfig(n_samples=2000)
     sparsity: float = 0.01      # λ of the loss  −mean target logit + λ·Σ(1 − m)   (paper: 0.01)
     lr: float = 0.1             # Adam learning rate                                  (paper: 0.1)
     epochs: int = 2             #                                                      (paper: 2)
     batch_size: int = 32        #                                                      (paper: 32)
-    n_train: int = 1000         # pairs, split in order train / validation / test     (paper: 1,000
-    n_val: int = 500            #                                                       / 500
-    n_test: int = 500           #                                                       / 500)
+    validation_share: float = 0.25  # of the pairs, after the training pairs          (paper: 500 of 2,000)
+    test_share: float = 0.25    # the last pairs                                       (paper: 500 of 2,000)
     eval_every: int = 4         # validate the rounded mask after batch b of an epoch when b % 4 == 0
-    seed: int = 20              # torch seed and pairing seed (the authors' torch.manual_seed(20))
-    dataset_seed: int = 0       # seed of the prompts (`make_dataset`), as every chapter uses
-    n_boxes: int = 7            #                                                      (paper: 7)
-    authors_compat: bool = False  # B1/B2 data and the validation-position bug
+    dcm_seed: int = 20          # torch seed and pairing seed (the authors' torch.manual_seed(20))
+    max_rows: int = 1024        # prompts per forward pass when many masks are validated together
 
     @property
     def n_pairs(self) -> int:
-        return self.n_train + self.n_val + self.n_test
+        return self.task.n_samples
+
+    @property
+    def n_val(self) -> int:
+        return round(self.n_pairs * self.validation_share)
+
+    @property
+    def n_test(self) -> int:
+        return round(self.n_pairs * self.test_share)
+
+    @property
+    def n_train(self) -> int:
+        return self.n_pairs - self.n_val - self.n_test
 
 
 @dataclass(frozen=True)
 class PatchingCheckConfig:
-    """The activation-patching check: the authors' `activation_patching.py` defaults."""
+    """The activation-patching check: the authors' `activation_patching.py` defaults (base prompts =
+    the task's first ``task.n_samples`` lines, sources drawn from the same lines). Explained in
+    chapter 5."""
 
-    n_pairs: int = 500          # base lines 0..499, sources drawn from the same 500   (paper: 500)
+    task: TaskConfig = TaskConfig(n_samples=500)
     n_draws: int = 10           # fresh random pairing per draw                       (paper: 10)
     batch_size: int = 32        #                                                      (paper: 32)
-    seed: int = 20              # seeds the pairing of every draw (the authors' random.seed(20))
-    dataset_seed: int = 0
-    n_boxes: int = 7
-    authors_compat: bool = False  # B1/B2 data and W3 (base index in the source for group D)
+    pairing_seed: int = 20      # seeds the pairing of every draw (the authors' random.seed(20))
 
 
 DEFAULT_DCM = DCMConfig()
@@ -85,6 +97,10 @@ DEFAULT_CHECK = PatchingCheckConfig()
 # --------------------------------------------------------------------------------------------------
 # Where a group is patched, and the source activations it is patched with
 # --------------------------------------------------------------------------------------------------
+
+#: Settings that change only speed and memory, not the result: left out of stored results' keys.
+PERFORMANCE_SETTINGS = ("batch_size", "max_rows")
+
 
 def patch_positions(base: D.TaskBatch, source: D.TaskBatch, group: str,
                     base_index_in_source: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,60 +129,14 @@ def _unique_heads(heads: Iterable[Sequence[int]]) -> list[Head]:
     return list(dict.fromkeys((int(layer), int(head)) for layer, head in heads))
 
 
-@torch.no_grad()
-def source_head_outputs(model, source_tokens: torch.Tensor, heads: Sequence[Head], source_index: torch.Tensor,
-                        batch_size: int = 32) -> torch.Tensor:
-    """The source prompts' outputs of ``heads`` at ``source_index``, ``[prompt, head, d_head]``,
-    detached: computed once, then reused by every training step and evaluation that patches them."""
-    n = source_tokens.shape[0]
-    if not heads:
-        return torch.zeros(n, 0, model.cfg.d_head, device=source_tokens.device)
-    layers = sorted({layer for layer, _ in heads})
-    parts = []
-    for start in progress(range(0, n, batch_size), desc="source activations", leave=False):
-        tokens = source_tokens[start: start + batch_size]
-        index = source_index[start: start + batch_size].to(tokens.device).clamp(min=0)
-        _, store = P.cache_activations(model, tokens, [P.z_name(layer) for layer in layers])
-        rows = torch.arange(tokens.shape[0], device=tokens.device)
-        parts.append(torch.stack([store[P.z_name(layer)][rows, index, head] for layer, head in heads], dim=1))
-    return torch.cat(parts)
-
-
-def blend_hooks(model, heads: Sequence[Head], mask: torch.Tensor, base_index: torch.Tensor,
-                source_z: torch.Tensor) -> list[tuple[str, P.Hook]]:
-    """Hooks setting, for each head ``k`` and prompt ``i``, ``z[i, base_index[i], head_k] ←
-    m_k · z + (1 − m_k) · source_z[i, k]`` (prompts with ``base_index`` −1 are left alone).
-
-    Written without in-place edits of the forward's own tensor so the gradient reaches ``mask``;
-    ``mask`` = 1 leaves the run exactly as it was, ``mask`` = 0 is plain activation patching."""
-    by_layer: dict[int, list[int]] = {}
-    for k, (layer, _) in enumerate(heads):
-        by_layer.setdefault(layer, []).append(k)
-    valid = base_index >= 0
-    rows = torch.nonzero(valid).squeeze(-1)
-    positions = base_index[valid]
-    source_z = source_z[valid]
-
-    def edit(layer, z):
-        cols = torch.tensor(by_layer[layer], device=z.device)
-        head_ids = torch.tensor([heads[k][1] for k in by_layer[layer]], device=z.device)
-        r, p = rows.to(z.device)[:, None], positions.to(z.device)[:, None]
-        current = z[r, p, head_ids[None, :]]                        # [prompt, head, d_head]
-        m = mask.to(z.device, z.dtype)[cols][None, :, None]
-        blended = m * current + (1 - m) * source_z.to(z.device, z.dtype)[:, cols]
-        out = z.clone()
-        out[r, p, head_ids[None, :]] = blended
-        return out
-
-    return P.z_edit_hooks(model, edit, sorted(by_layer))
-
-
-def blended_logits(model, tokens: torch.Tensor, heads: Sequence[Head], mask: torch.Tensor,
-                   base_index: torch.Tensor, source_z: torch.Tensor) -> torch.Tensor:
-    """Logits of the base prompts with each head's output mixed with the source's by its mask value."""
-    if not heads:
-        return P.run_with_hooks(model, tokens)
-    return P.run_with_hooks(model, tokens, blend_hooks(model, heads, mask, base_index, source_z))
+def source_outputs(model, source: D.TaskBatch, heads: Sequence[Head], group: str, every_position: bool = False,
+                   batch_size: int = 32) -> P.HeadOutputs:
+    """The source prompts' outputs of ``heads`` (`patching.HeadOutputs`), recorded once at the
+    group's position, or at every token when a run must read the source elsewhere (the authors'
+    W3 and validation bug)."""
+    position = P.ALL_POSITIONS if every_position else _group_position(group)
+    return P.HeadOutputs.record(model, source, [(layer, head, position) for layer, head in heads], batch_size,
+                                desc="source activations")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,26 +145,44 @@ def blended_logits(model, tokens: torch.Tensor, heads: Sequence[Head], mask: tor
 
 @dataclass
 class PatchData:
-    """Everything a patched run needs, per pair. ``source_tokens``/``source_index`` are kept so the
-    source activations can be re-read at other positions (the authors' validation bug)."""
+    """Everything a patched run needs, per pair: the base prompts, where to patch them, the heads'
+    source outputs there (``source_z`` ``[N, head, d_head]``) and the target token. ``source`` and
+    ``source_rows`` keep the recorded outputs so a run can re-read them at other positions (the
+    authors' validation bug)."""
 
     tokens: torch.Tensor          # base prompts [N, P]
     base_index: torch.Tensor      # [N] token index patched in the base (-1: leave alone)
-    source_tokens: torch.Tensor   # [N, P_source]
     source_index: torch.Tensor    # [N] token index read in the source
-    source_z: torch.Tensor        # [N, head, d_head] the heads' source outputs at source_index
+    source_z: torch.Tensor        # [N, head, d_head]
     targets: torch.Tensor         # [N] the desideratum's target token id
+    source: P.HeadOutputs | None = None
+    source_rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, index: slice) -> "PatchData":
-        return PatchData(self.tokens[index], self.base_index[index], self.source_tokens[index],
-                         self.source_index[index], self.source_z[index], self.targets[index])
+        rows = None if self.source_rows is None else self.source_rows[index]
+        return PatchData(self.tokens[index], self.base_index[index], self.source_index[index],
+                         self.source_z[index], self.targets[index], self.source, rows)
 
     def batches(self, size: int) -> Iterable["PatchData"]:
         for start in range(0, len(self), size):
             yield self[start: start + size]
+
+    def reread(self, base_index: torch.Tensor, source_index: torch.Tensor) -> "PatchData":
+        """The same pairs patched at other positions, the source re-read there (needs outputs
+        recorded at every position)."""
+        z = torch.stack([self.source.at(node, self.source_rows, source_index) for node in self.source.nodes], dim=1)
+        return replace(self, base_index=base_index, source_index=source_index, source_z=z.to(self.source_z))
+
+
+def source_z_of(outputs: P.HeadOutputs, rows: torch.Tensor, index: torch.Tensor, device) -> torch.Tensor:
+    """``[pair, head, d_head]``: each pair's recorded source outputs, at ``index`` for outputs kept at
+    every position."""
+    if not outputs.nodes:
+        return torch.zeros(len(rows), 0, 0, device=device)
+    return torch.stack([outputs.at(node, rows, index) for node in outputs.nodes], dim=1).to(device)
 
 
 def pairs_to(pairs: D.PairBatch, device) -> D.PairBatch:
@@ -203,11 +191,15 @@ def pairs_to(pairs: D.PairBatch, device) -> D.PairBatch:
 
 
 def prepare_patch_data(model, pairs: D.PairBatch, heads: Sequence[Head], group: str,
-                       base_index_in_source: bool = False, batch_size: int = 32) -> PatchData:
-    """Patch positions and (detached) source activations of ``heads`` for every pair."""
+                       base_index_in_source: bool = False, batch_size: int = 32,
+                       every_position: bool = False) -> PatchData:
+    """Patch positions and the (detached) source outputs of ``heads`` for every pair."""
     base_index, source_index = patch_positions(pairs.base, pairs.source, group, base_index_in_source)
-    source_z = source_head_outputs(model, pairs.source.tokens, heads, source_index, batch_size)
-    return PatchData(pairs.base.tokens, base_index, pairs.source.tokens, source_index, source_z, pairs.target_ids)
+    every_position = every_position or base_index_in_source
+    outputs = source_outputs(model, pairs.source, heads, group, every_position, batch_size)
+    rows = torch.arange(len(pairs))
+    z = source_z_of(outputs, rows, source_index, pairs.base.tokens.device)
+    return PatchData(pairs.base.tokens, base_index, source_index, z, pairs.target_ids, outputs, rows)
 
 
 def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -215,31 +207,89 @@ def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return P.last_logits(logits).gather(-1, targets.to(logits.device)[:, None]).squeeze(-1)
 
 
+# --------------------------------------------------------------------------------------------------
+# Blending: many (heads, mask, pairs) runs in one forward pass
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Blend:
+    """One run to blend into a shared forward pass: ``heads`` mixed by ``mask`` (a tensor, possibly a
+    view of a larger trainable one) on the pairs of ``data``."""
+
+    heads: Sequence[Head]
+    mask: torch.Tensor
+    data: PatchData
+
+
+def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
+    """Hooks that, for every blend, every pair ``i`` and head ``k``, set ``z[i, base_index[i], head_k]
+    ← m_k · z + (1 − m_k) · source_z[i, k]``; the blends' pairs sit one after another in the batch
+    (pairs with ``base_index`` −1 are left alone).
+
+    Written without in-place edits of the forward's own tensor so the gradient reaches the masks;
+    ``m`` = 1 leaves the run exactly as it was, ``m`` = 0 is plain activation patching. Rows of
+    different blends never interact (attention stays within a prompt), so a stacked pass gives each
+    blend what its own pass would."""
+    per_layer: dict[int, list[tuple]] = {}
+    offset = 0
+    for blend in blends:
+        data = blend.data
+        valid = torch.nonzero(data.base_index >= 0).squeeze(-1)
+        for k, (layer, head) in enumerate(blend.heads):
+            per_layer.setdefault(int(layer), []).append(
+                (valid + offset, data.base_index[valid], int(head), blend.mask, k, data.source_z[valid, k]))
+        offset += len(data)
+
+    def edit(layer, z):
+        entries = per_layer[layer]
+        rows = torch.cat([e[0] for e in entries]).to(z.device)
+        pos = torch.cat([e[1] for e in entries]).to(z.device)
+        heads = torch.cat([torch.full((len(e[0]),), e[2], dtype=torch.long) for e in entries]).to(z.device)
+        m = torch.cat([e[3][e[4]].expand(len(e[0])) for e in entries]).to(z.device, z.dtype)[:, None]
+        src = torch.cat([e[5] for e in entries]).to(z.device, z.dtype)
+        current = z[rows, pos, heads]
+        out = z.clone()
+        out[rows, pos, heads] = m * current + (1 - m) * src
+        return out
+
+    return P.z_edit_hooks(model, edit, sorted(layer for layer, e in per_layer.items() if e))
+
+
+def blended_logits(model, blends: Sequence[Blend]) -> torch.Tensor:
+    """Logits of every blend's base prompts (stacked in order), each with its heads mixed by its mask."""
+    tokens = torch.cat([b.data.tokens for b in blends])
+    hooks = blend_hooks(model, [b for b in blends if len(b.heads)])
+    return P.run_with_hooks(model, tokens, hooks)
+
+
 @torch.no_grad()
-def patched_accuracy(model, data: PatchData, heads: Sequence[Head], mask: torch.Tensor, batch_size: int = 32,
-                     positions_from: PatchData | None = None) -> float:
-    """Fraction of pairs whose top next token is the target, with the heads mixed by ``mask``.
+def patched_accuracies(model, blends: Sequence[Blend], batch_size: int = 32, max_rows: int = 1024) -> list[float]:
+    """Fraction of each blend's pairs whose top next token is its target. The blends' pairs are cut
+    in chunks of ``batch_size`` and as many chunks as ``max_rows`` allows share one forward pass."""
+    if not blends:
+        return []
+    hits = [0] * len(blends)
+    jobs = [(i, chunk) for i, b in enumerate(blends) for chunk in b.data.batches(batch_size)]
+    per_pass = max(1, max_rows // batch_size)
+    for start in range(0, len(jobs), per_pass):
+        group = jobs[start:start + per_pass]
+        if len({chunk.tokens.shape[1] for _, chunk in group}) > 1:  # prompts of different lengths: one at a time
+            for i, chunk in group:
+                logits = blended_logits(model, [replace(blends[i], data=chunk)])
+                hits[i] += int((P.last_logits(logits).argmax(-1) == chunk.targets.to(logits.device)).sum())
+            continue
+        logits = blended_logits(model, [replace(blends[i], data=chunk) for i, chunk in group])
+        right = P.last_logits(logits).argmax(-1).cpu() == torch.cat([chunk.targets.cpu() for _, chunk in group])
+        offset = 0
+        for i, chunk in group:
+            hits[i] += int(right[offset: offset + len(chunk)].sum())
+            offset += len(chunk)
+    return [h / len(b.data) for h, b in zip(hits, blends)]
 
-    ``positions_from`` reproduces the authors' DCM validation: every evaluated batch takes its patch
-    positions row by row from that (training) batch, and the source is re-read there."""
-    correct = 0
-    for chunk in data.batches(batch_size):
-        if positions_from is not None:
-            chunk = _with_positions_of(model, chunk, positions_from, heads, batch_size)
-        logits = blended_logits(model, chunk.tokens, heads, mask, chunk.base_index, chunk.source_z)
-        correct += int((P.last_logits(logits).argmax(-1) == chunk.targets.to(logits.device)).sum())
-    return correct / len(data)
 
-
-def _with_positions_of(model, chunk: PatchData, other: PatchData, heads: Sequence[Head],
-                       batch_size: int) -> PatchData:
-    """``chunk`` patched at ``other``'s positions (row i takes other's row i, cycling if shorter;
-    the authors' code would have crashed there, but with their sizes it never evaluated such a batch)."""
-    take = torch.arange(len(chunk), device=other.base_index.device) % len(other)
-    base_index = other.base_index[take].clamp(max=chunk.tokens.shape[1] - 1)
-    source_index = other.source_index[take].clamp(max=chunk.source_tokens.shape[1] - 1)
-    source_z = source_head_outputs(model, chunk.source_tokens, heads, source_index, batch_size)
-    return replace(chunk, base_index=base_index, source_index=source_index, source_z=source_z)
+def patched_accuracy(model, data: PatchData, heads: Sequence[Head], mask: torch.Tensor, batch_size: int = 32) -> float:
+    """Fraction of pairs whose top next token is the target, with the heads mixed by ``mask``."""
+    return patched_accuracies(model, [Blend(list(heads), mask, data)], batch_size)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,7 +316,7 @@ class DCMResult:
         return {"model": self.model, "group": self.group, "desideratum": self.desideratum,
                 "candidates": len(self.candidates), "n_heads": len(self.heads),
                 "heads": [list(h) for h in self.heads], "validation_accuracy": self.validation_accuracy,
-                "test_accuracy": self.test_accuracy, "authors_compat": self.config.authors_compat}
+                "test_accuracy": self.test_accuracy, "authors_compat": self.config.task.authors_compat}
 
 
 def selected_heads(candidates: Sequence[Head], mask: torch.Tensor) -> list[Head]:
@@ -276,11 +326,11 @@ def selected_heads(candidates: Sequence[Head], mask: torch.Tensor) -> list[Head]
 
 
 def dcm_pairs(lm, desideratum: str, config: DCMConfig = DEFAULT_DCM) -> D.PairBatch:
-    """The desideratum's pairs for DCM: base and source both from the first ``n_pairs`` prompts
-    (the authors built 2,000 pairs from the first 2,000 lines)."""
-    dataset = lm.dataset(config.n_boxes, config.n_pairs, config.dataset_seed)
-    pairs = D.desideratum_pairs(desideratum, dataset, config.n_pairs, pool=config.n_pairs, seed=config.seed,
-                                authors_compat=config.authors_compat)
+    """The desideratum's pairs for DCM: base and source both from the task's first ``n_samples``
+    prompts (the authors built 2,000 pairs from the first 2,000 lines)."""
+    task = config.task
+    pairs = D.desideratum_pairs(desideratum, lm.examples(task), config.n_pairs, pool=config.n_pairs,
+                                seed=config.dcm_seed, authors_compat=task.authors_compat)
     return pairs_to(D.tokenize_pairs(pairs, lm.tokenizer), lm.device)
 
 
@@ -294,91 +344,155 @@ def split_pairs(pairs: D.PairBatch,
     return pairs[:a], pairs[a:b], pairs[b: config.n_pairs]
 
 
-def run_dcm(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, config: DCMConfig | None = None,
-            pairs: D.PairBatch | None = None, **overrides) -> DCMResult:
-    """Train a DCM mask over ``heads`` (one group of a circuit) for one desideratum and score it.
+@dataclass
+class MaskJob:
+    """One DCM run's data: a group's candidate heads and the desideratum's train/validation/test pairs."""
 
-    ``pairs`` (optional) replaces the generated desideratum data, e.g. for constructed tests;
-    ``overrides`` change single `DCMConfig` fields (``run_dcm(..., epochs=1)``)."""
-    config = replace(config or DEFAULT_DCM, **overrides)
+    group: str
+    desideratum: str
+    heads: list[Head]
+    train: PatchData
+    val: PatchData
+    test: PatchData
+    buggy_validation: bool = False   # the authors' DCM validated group D at the training batch's positions
+
+
+def mask_job(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, config: DCMConfig = DEFAULT_DCM,
+             pairs: D.PairBatch | None = None) -> MaskJob:
+    """Prepare one DCM run (pairs built from the config unless given, source outputs recorded once)."""
     _group_position(group)
     candidates = _unique_heads(heads)
     pairs = dcm_pairs(lm, desideratum, config) if pairs is None else pairs
-    train, val, test = (prepare_patch_data(lm.model, part, candidates, group, batch_size=config.batch_size)
-                        for part in split_pairs(pairs, config))
-    # The authors' selection bug: validating the structure readers at the training batch's positions.
-    buggy_validation = config.authors_compat and GROUPS[group] == "prev_query_label"
-    mask, history, val_acc = train_mask(lm.model, candidates, train, val, config, buggy_validation)
-    test_acc = patched_accuracy(lm.model, test, candidates, mask.round(), config.batch_size)
-    return DCMResult(lm.spec.name, group, desideratum, candidates, mask, selected_heads(candidates, mask),
-                     val_acc, test_acc, history, config)
+    buggy = config.task.authors_compat and GROUPS[group] == "prev_query_label"
+    parts = [prepare_patch_data(lm.model, part, candidates, group, batch_size=config.batch_size, every_position=buggy)
+             for part in split_pairs(pairs, config)]
+    return MaskJob(group, desideratum, candidates, *parts, buggy_validation=buggy)
+
+
+def train_masks(model, jobs: Sequence[MaskJob], config: DCMConfig = DEFAULT_DCM
+                ) -> list[tuple[torch.Tensor, pd.DataFrame, float]]:
+    """The authors' training loop for many masks at once: Adam on the masks (clamped to [0, 1]
+    before each step), each rounded mask validated after every ``eval_every``-th batch of an epoch,
+    the best validation accuracy kept (ties: the mask selecting more heads). Returns, per job, (best
+    mask, history, its validation accuracy).
+
+    The masks are one trainable vector, the jobs' training batches share one forward pass, and the
+    loss is the sum of the jobs' losses. Each mask only touches its own prompts, so its gradient is
+    exactly its own run's, and Adam is elementwise: training them together is training each alone,
+    with one forward and backward pass per step instead of one per job. A rounded mask validated
+    before is not run again (its accuracy cannot have changed). Only the masks get gradients: the
+    model is frozen (`models.load_model`) and the source outputs are detached."""
+    if not jobs:
+        return []
+    n_batches = {math.ceil(len(j.train) / config.batch_size) for j in jobs}
+    if len(n_batches) != 1:
+        raise ValueError("jobs trained together need the same number of training pairs")
+    n_batches = n_batches.pop()
+    torch.manual_seed(config.dcm_seed)
+    device = jobs[0].train.tokens.device
+    sizes = [len(j.heads) for j in jobs]
+    offsets = [sum(sizes[:i]) for i in range(len(jobs))]
+    masks = torch.ones(sum(sizes), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([masks], lr=config.lr)
+    view = lambda i, m: m[offsets[i]: offsets[i] + sizes[i]]  # noqa: E731
+    best = [(masks.detach()[offsets[i]: offsets[i] + sizes[i]].clone(), -math.inf, -math.inf) for i in range(len(jobs))]
+    seen: list[dict] = [{} for _ in jobs]
+    rows: list[list[dict]] = [[] for _ in jobs]
+    batches = [[b for _ in range(config.epochs) for b in job.train.batches(config.batch_size)] for job in jobs]
+    for step in progress(range(config.epochs * n_batches), desc=f"DCM steps ({len(jobs)} masks)"):
+        epoch, index = divmod(step, n_batches)
+        with torch.no_grad():
+            masks.clamp_(0, 1)
+        optimizer.zero_grad()
+        blends = [Blend(job.heads, view(i, masks), batches[i][step]) for i, job in enumerate(jobs)]
+        logits = blended_logits(model, blends)
+        targets = torch.cat([b.data.targets for b in blends])
+        per_pair = target_logits(logits, targets)
+        losses, offset = [], 0
+        for i, b in enumerate(blends):
+            target_logit = per_pair[offset: offset + len(b.data)].mean()
+            offset += len(b.data)
+            losses.append((target_logit, -target_logit + config.sparsity * (1 - view(i, masks)).sum()))
+        if sum(sizes):
+            torch.stack([loss for _, loss in losses]).sum().backward()
+            optimizer.step()
+        validate = index % config.eval_every == 0
+        rounded = [view(i, masks).detach().clamp(0, 1).round() for i in range(len(jobs))]
+        if validate:
+            todo = []
+            for i, job in enumerate(jobs):
+                key = (rounded[i].cpu().numpy().tobytes(), step if job.buggy_validation else None)
+                if key not in seen[i]:
+                    data = job.val
+                    if job.buggy_validation:
+                        data = _at_positions_of(job.val, batches[i][step])
+                    todo.append((i, key, Blend(job.heads, rounded[i], data)))
+            for (i, key, _), acc in zip(todo, patched_accuracies(model, [t[2] for t in todo], config.batch_size,
+                                                                  config.max_rows)):
+                seen[i][key] = acc
+        for i, job in enumerate(jobs):
+            target_logit, loss = losses[i]
+            row = {"epoch": epoch, "batch": index, "step": step, "loss": loss.item(),
+                   "target_logit": target_logit.item(), "n_heads": len(selected_heads(job.heads, view(i, masks))),
+                   "val_accuracy": float("nan"), "kept": False}
+            if validate:
+                key = (rounded[i].cpu().numpy().tobytes(), step if job.buggy_validation else None)
+                acc = seen[i][key]
+                n_selected = int((rounded[i] == 0).sum())
+                row["val_accuracy"] = acc
+                if acc > best[i][1] or (acc == best[i][1] and n_selected > best[i][2]):
+                    best[i] = (view(i, masks).detach().clamp(0, 1).clone(), acc, n_selected)
+                    row["kept"] = True
+            rows[i].append(row)
+    return [(best[i][0], pd.DataFrame(rows[i]), best[i][1]) for i in range(len(jobs))]
+
+
+def _at_positions_of(val: PatchData, train_batch: PatchData) -> PatchData:
+    """The authors' DCM validation: every evaluated pair takes its patch positions row by row from
+    the current training batch (row i takes the batch's row i mod its size; the authors' code would
+    have crashed there, but with their sizes it never evaluated such a batch), and the source is
+    re-read there."""
+    take = torch.arange(len(val), device=train_batch.base_index.device) % len(train_batch)
+    base_index = train_batch.base_index[take].clamp(max=val.tokens.shape[1] - 1)
+    source_index = train_batch.source_index[take].clamp(max=val.source.batch.seq_len - 1)
+    return val.reread(base_index, source_index)
 
 
 def train_mask(model, heads: Sequence[Head], train: PatchData, val: PatchData, config: DCMConfig = DEFAULT_DCM,
                buggy_validation: bool = False) -> tuple[torch.Tensor, pd.DataFrame, float]:
-    """The authors' training loop: Adam on the mask (clamped to [0, 1] before each step), the rounded
-    mask validated after every ``eval_every``-th batch of an epoch, best validation accuracy kept
-    (ties: the mask selecting more heads). Returns (best mask, history, its validation accuracy).
-
-    Only the mask gets gradients: the model's parameters are frozen by `models.load_model` and the
-    source activations are detached."""
-    torch.manual_seed(config.seed)
-    device = train.tokens.device
-    mask = torch.ones(len(heads), device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([mask], lr=config.lr)
-    best_mask, best_acc, best_n = mask.detach().clone(), -math.inf, -math.inf
-    rows = []
-    n_batches = math.ceil(len(train) / config.batch_size)
-    steps = progress(range(config.epochs * n_batches), desc="DCM steps", total=config.epochs * n_batches)
-    batches = [b for _ in range(config.epochs) for b in train.batches(config.batch_size)]
-    for step, batch in zip(steps, batches):
-        epoch, index = divmod(step, n_batches)
-        with torch.no_grad():
-            mask.clamp_(0, 1)
-        optimizer.zero_grad()
-        logits = blended_logits(model, batch.tokens, heads, mask, batch.base_index, batch.source_z)
-        target_logit = target_logits(logits, batch.targets).mean()
-        loss = -target_logit + config.sparsity * (1 - mask).sum()
-        if heads:
-            loss.backward()
-            optimizer.step()
-        row = {"epoch": epoch, "batch": index, "step": step, "loss": loss.item(),
-               "target_logit": target_logit.item(),
-               "n_heads": len(selected_heads(heads, mask)), "val_accuracy": float("nan"), "kept": False}
-        if index % config.eval_every == 0:
-            rounded = mask.detach().clamp(0, 1).round()
-            acc = patched_accuracy(model, val, heads, rounded, config.batch_size,
-                                   positions_from=batch if buggy_validation else None)
-            n_selected = int((rounded == 0).sum())
-            row["val_accuracy"] = acc
-            if acc > best_acc or (acc == best_acc and n_selected > best_n):
-                best_mask, best_acc, best_n = mask.detach().clamp(0, 1).clone(), acc, n_selected
-                row["kept"] = True
-        rows.append(row)
-    return best_mask, pd.DataFrame(rows), best_acc
+    """One mask trained on its own: the definition `train_masks` must reproduce (tests, benchmark)."""
+    job = MaskJob("", "", list(heads), train, val, val, buggy_validation)
+    return train_masks(model, [job], config)[0]
 
 
-def run_dcm_circuit(lm, circuit: Circuit, desiderata: Sequence[str] = D.DESIDERATA,
-                    groups: Sequence[str] = tuple(GROUPS), config: DCMConfig | None = None,
-                    **overrides) -> list[DCMResult]:
-    """DCM for every (group, desideratum) of a circuit, as the paper's Section 4 runs (the data of a
-    desideratum is built once and shared by the groups)."""
+def run_dcms(lm, jobs: Sequence[MaskJob], config: DCMConfig = DEFAULT_DCM) -> list[DCMResult]:
+    """Train every job's mask together (`train_masks`) and score each selected mask on its test pairs."""
+    trained = train_masks(lm.model, jobs, config)
+    tests = patched_accuracies(lm.model, [Blend(j.heads, m.round(), j.test) for j, (m, _, _) in zip(jobs, trained)],
+                               config.batch_size, config.max_rows)
+    return [DCMResult(lm.spec.name, j.group, j.desideratum, j.heads, mask, selected_heads(j.heads, mask),
+                      val_acc, test_acc, history, config)
+            for j, (mask, history, val_acc), test_acc in zip(jobs, trained, tests)]
+
+
+def run_dcm(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, config: DCMConfig | None = None,
+            pairs: D.PairBatch | None = None, **overrides) -> DCMResult:
+    """Train a DCM mask over ``heads`` (one group of a circuit) for one desideratum and score it.
+    ``pairs`` (optional) replaces the generated desideratum data, e.g. for constructed tests;
+    ``overrides`` change single `DCMConfig` fields (``run_dcm(..., epochs=1)``). Explained in chapter 5."""
     config = replace(config or DEFAULT_DCM, **overrides)
-    results = []
-    for desideratum in desiderata:
-        pairs = dcm_pairs(lm, desideratum, config)
-        for group in progress(groups, desc=f"DCM {desideratum}"):
-            results.append(run_dcm(lm, circuit.groups[group], group, desideratum, config, pairs=pairs))
-    return results
+    return run_dcms(lm, [mask_job(lm, heads, group, desideratum, config, pairs)], config)[0]
 
 
 def dcm_frame(results: Iterable[DCMResult], circuit: str | None = None) -> pd.DataFrame:
     """One tidy row per DCM run: model, circuit, group, desideratum, candidates, n_heads, heads,
     validation and test accuracy, authors_compat."""
     rows = [{**r.summary(), "circuit": circuit or r.model} for r in results]
-    cols = ["model", "circuit", "group", "desideratum", "candidates", "n_heads", "heads",
-            "validation_accuracy", "test_accuracy", "authors_compat"]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+SUMMARY_COLUMNS = ["model", "circuit", "group", "desideratum", "candidates", "n_heads", "heads",
+                   "validation_accuracy", "test_accuracy", "authors_compat"]
 
 
 def dcm_heads(results: Iterable[DCMResult]) -> dict[tuple[str, str], list[Head]]:
@@ -386,47 +500,80 @@ def dcm_heads(results: Iterable[DCMResult]) -> dict[tuple[str, str], list[Head]]
     return {(r.group, r.desideratum): list(r.heads) for r in results}
 
 
-def load_or_run_dcm(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str,
-                    config: DCMConfig | None = None, **overrides) -> dict:
-    """One DCM run, stored under ``results/dcm/`` by its parameters and the model's weights, so every
-    chapter that needs the same run (ch05 for the semantics, ch06 for CMAP's head selection) trains
-    it once. Returns ``{"summary": DCMResult.summary(), "mask": [...], "history": DataFrame}``."""
-    from .cache import cached, model_fingerprint
-
-    config = replace(config or DEFAULT_DCM, **overrides)
-    candidates = _unique_heads(heads)
-    params = {"model": model_fingerprint(lm), "group": group, "desideratum": desideratum,
-              "heads": [list(h) for h in candidates], "config": asdict(config)}
-
-    def compute():
-        result = run_dcm(lm, candidates, group, desideratum, config)
-        return {"summary": result.summary(), "mask": [float(v) for v in result.mask.tolist()],
-                "history": result.history}
-
-    return cached("dcm/" + lm.spec.name.replace("/", "_"), params, compute)
-
-
-def dcm_circuit_frames(lm, circuit: Circuit, desiderata: Sequence[str] = D.DESIDERATA,
-                       groups: Sequence[str] = tuple(GROUPS), config: DCMConfig | None = None,
-                       **overrides) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`load_or_run_dcm` for every group x desideratum of a circuit: the `dcm_frame`-style summary
-    (one row per run, ``circuit`` = the circuit's model) and the training histories (tidy, with
-    ``group`` and ``desideratum`` columns)."""
-    config = replace(config or DEFAULT_DCM, **overrides)
-    summaries, histories = [], []
-    for desideratum in desiderata:
-        for group in progress(groups, desc=f"DCM {desideratum}"):
-            run = load_or_run_dcm(lm, circuit.groups[group], group, desideratum, config)
-            summaries.append({**run["summary"], "circuit": circuit.model})
-            histories.append(run["history"].assign(group=group, desideratum=desideratum))
-    cols = ["model", "circuit", "group", "desideratum", "candidates", "n_heads", "heads",
-            "validation_accuracy", "test_accuracy", "authors_compat"]
-    return pd.DataFrame(summaries, columns=cols), pd.concat(histories, ignore_index=True)
-
-
 def heads_of(summary: pd.DataFrame) -> dict[tuple[str, str], list[Head]]:
-    """(group, desideratum) -> the heads DCM selected, from a summary frame (`dcm_circuit_frames`)."""
+    """(group, desideratum) -> the heads DCM selected, from a summary frame (`stored_circuit_dcm`)."""
     return {(r.group, r.desideratum): [tuple(h) for h in r.heads] for r in summary.itertuples()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Stored DCM runs: each trained once, read back by every chapter that needs it
+# --------------------------------------------------------------------------------------------------
+
+def _key(config) -> dict:
+    return {k: v for k, v in asdict(config).items() if k not in PERFORMANCE_SETTINGS}
+
+
+def _run_params(model, heads, group: str, desideratum: str, config: DCMConfig) -> dict:
+    from .variants import fingerprint
+
+    return {"model": fingerprint(model), "group": group, "desideratum": desideratum,
+            "heads": [list(h) for h in _unique_heads(heads)], "config": _key(config)}
+
+
+def _stored_name(model) -> str:
+    from .variants import label
+
+    return "dcm/" + label(model).replace("/", "_")
+
+
+def _as_stored(result: DCMResult) -> dict:
+    return {"summary": result.summary(), "mask": [float(v) for v in result.mask.tolist()], "history": result.history}
+
+
+def stored_dcms(model, runs: Sequence[tuple[Sequence[Sequence[int]], str, str]], config: DCMConfig = DEFAULT_DCM
+                ) -> list[dict]:
+    """DCM runs ``(heads, group, desideratum)`` of one model, each stored under ``results/dcm/`` by
+    its parameters and the model's weights: runs found there are read back, the others are trained
+    together in one optimisation (`train_masks`) and stored. Returns one ``{"summary", "mask",
+    "history"}`` per run. The model (a variant name or a loaded model) is loaded only to train.
+    Explained in chapter 5."""
+    from . import variants
+    from .cache import cached, result_path
+
+    import os
+
+    params = [_run_params(model, heads, group, d, config) for heads, group, d in runs]
+    fresh = os.environ.get("ET_CACHE", "1") == "0"
+    todo = [i for i, p in enumerate(params) if fresh or not result_path(_stored_name(model), p).is_file()]
+    computed = {}
+    if todo:
+        lm = variants.load(model)
+        pairs = {d: dcm_pairs(lm, d, config) for d in dict.fromkeys(runs[i][2] for i in todo)}
+        jobs = [mask_job(lm, runs[i][0], runs[i][1], runs[i][2], config, pairs[runs[i][2]]) for i in todo]
+        for i, result in zip(todo, run_dcms(lm, jobs, config)):
+            computed[i] = _as_stored(result)
+    return [cached(_stored_name(model), p, lambda i=i: computed[i]) if i in computed or not fresh
+            else computed[i] for i, p in enumerate(params)]
+
+
+def stored_dcm(model, heads: Sequence[Sequence[int]], group: str, desideratum: str,
+               config: DCMConfig = DEFAULT_DCM) -> dict:
+    """One stored DCM run (`stored_dcms`). Explained in chapter 5."""
+    return stored_dcms(model, [(heads, group, desideratum)], config)[0]
+
+
+def stored_circuit_dcm(model, circuit: Circuit, config: DCMConfig = DEFAULT_DCM,
+                       desiderata: Sequence[str] = D.DESIDERATA, groups: Sequence[str] = tuple(GROUPS)
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """DCM for every group x desideratum of a circuit (the paper's Section 4), all masks trained in
+    one optimisation: the summary (one row per run, ``circuit`` = the circuit's model) and the
+    training histories (tidy, with ``group`` and ``desideratum`` columns). Explained in chapter 5."""
+    runs = [(circuit.groups[g], g, d) for d in desiderata for g in groups]
+    stored = stored_dcms(model, runs, config)
+    summary = pd.DataFrame([{**s["summary"], "circuit": circuit.model} for s in stored], columns=SUMMARY_COLUMNS)
+    history = pd.concat([s["history"].assign(group=g, desideratum=d) for s, (_, g, d) in zip(stored, runs)],
+                        ignore_index=True)
+    return summary, history
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,128 +586,146 @@ def draw_seeds(seed: int, n_draws: int) -> list[int]:
     return [rng.randrange(2**31) for _ in range(n_draws)]
 
 
-def desideratum_accuracy(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str,
-                         config: PatchingCheckConfig | None = None, **overrides) -> torch.Tensor:
-    """Accuracy of the desideratum's target with ``heads`` patched from the source at the group's
-    position, one value per draw (``[n_draws]``, fractions). Each draw pairs the first ``n_pairs``
-    prompts afresh. With no heads it is the unpatched floor (bug B1's ≈13 % in the paper).
-
-    Every draw picks its sources from the same ``n_pairs`` prompts, so each distinct source prompt is
-    run once (`SourceOutputs`) and the draws only re-run their base prompts: half the forward passes
-    of running every pair, with the same numbers.
-
-    ``overrides`` change single fields: ``desideratum_accuracy(lm, heads, g, d, n_pairs=500,
-    n_draws=10, seed=20, authors_compat=True)``."""
-    config = replace(config or DEFAULT_CHECK, **overrides)
-    candidates = _unique_heads(heads)
-    dataset = lm.dataset(config.n_boxes, config.n_pairs, config.dataset_seed)
-    draws = [D.desideratum_pairs(desideratum, dataset, config.n_pairs, pool=config.n_pairs, seed=seed,
-                                 authors_compat=config.authors_compat)
-             for seed in draw_seeds(config.seed, config.n_draws)]
-    sources = SourceOutputs(lm, candidates, [ex for pairs in draws for ex in pairs.source], config.batch_size)
-    base = D.tokenize_examples(draws[0].base, lm.tokenizer).to(lm.device)  # the same prompts in every draw
-    base_texts = [D.render(ex).text for ex in draws[0].base]
-    zeros = torch.zeros(len(candidates), device=lm.device)
-    accuracies = []
-    for pairs in progress(draws, desc=f"{group} {desideratum}"):
-        source = sources.batch(pairs.source)
-        base_index, source_index = patch_positions(base, source, group, base_index_in_source=config.authors_compat)
-        targets = D.answer_token_ids(lm.tokenizer, base_texts, pairs.targets, mode=pairs.target_token_mode)
-        data = PatchData(base.tokens, base_index, source.tokens, source_index, sources.at(pairs.source, source_index),
-                         targets.to(lm.device))
-        accuracies.append(patched_accuracy(lm.model, data, candidates, zeros, config.batch_size))
-    return torch.tensor(accuracies)
-
-
-class SourceOutputs:
-    """The heads' outputs at every token of each distinct source prompt, computed once.
-
-    Stored for every position (not only the group's) so that the authors' W3 reading of the
-    structure readers at the *base's* index needs no second run. Size: prompts x tokens x heads x
-    d_head (for 500 LLaMA-7B prompts and 40 heads about 0.55 GB in float32)."""
-
-    def __init__(self, lm, heads: Sequence[Head], examples: Sequence[D.Example], batch_size: int = 32):
-        self.heads = list(heads)
-        self.row = {ex: i for i, ex in enumerate(dict.fromkeys(examples))}
-        unique = list(self.row)
-        self.tokenized = D.tokenize_examples(unique, lm.tokenizer).to(lm.device)
-        tokens = self.tokenized.tokens
-        if not self.heads:
-            self.z = torch.zeros(len(unique), tokens.shape[1], 0, lm.model.cfg.d_head, device=lm.device)
-            return
-        layers = sorted({layer for layer, _ in self.heads})
-        parts = []
-        with torch.no_grad():
-            for start in range(0, len(unique), batch_size):
-                _, store = P.cache_activations(lm.model, tokens[start: start + batch_size],
-                                               [P.z_name(layer) for layer in layers])
-                parts.append(torch.stack([store[P.z_name(layer)][:, :, head] for layer, head in self.heads], dim=2))
-        self.z = torch.cat(parts)  # [prompt, pos, head, d_head]
-
-    def batch(self, examples: Sequence[D.Example]) -> D.TaskBatch:
-        """The tokenised prompts (with named positions) of these examples, without re-tokenising."""
-        rows = [self.row[ex] for ex in examples]
-        return self.tokenized[rows]
-
-    def at(self, examples: Sequence[D.Example], index: torch.Tensor) -> torch.Tensor:
-        """``[pair, head, d_head]``: each example's head outputs at its ``index`` (-1 read as 0; such
-        pairs are left unpatched by `blend_hooks`)."""
-        rows = torch.tensor([self.row[ex] for ex in examples], device=self.z.device)
-        return self.z[rows, index.to(self.z.device).clamp(min=0)]
-
-
 HeadSets = Mapping[tuple[str, str], Sequence[Sequence[int]]]
 
 
-def functionality_frame(models: Sequence, head_sets: Mapping[str, HeadSets],
-                        config: PatchingCheckConfig | None = None, **overrides) -> pd.DataFrame:
-    """The paper's §4.9 experiment as one tidy DataFrame with a row per draw:
-    ``model, circuit, group, desideratum, draw, accuracy, n_heads, authors_compat``.
+def check_accuracies(lm, requests: Sequence[tuple[Sequence[Sequence[int]], str, str]],
+                     config: PatchingCheckConfig = DEFAULT_CHECK, max_rows: int = 2048) -> list[torch.Tensor]:
+    """For each request ``(heads, group, desideratum)``: the accuracy of the desideratum's target with
+    ``heads`` patched from the source at the group's position, one value per draw (``[n_draws]``).
+    Each draw pairs the task's first ``n_samples`` prompts afresh. With no heads it is the unpatched
+    floor (bug B1's ≈13 % in the paper).
 
-    ``models`` are `LoadedModel`s or names (a name is loaded, used and released, so 7B models are
-    resident one at a time); ``head_sets`` maps a circuit name to its ``(group, desideratum) ->
-    heads`` (e.g. `dcm_heads` of that circuit's DCM runs)."""
-    from .models import load_model
-
-    config = replace(config or DEFAULT_CHECK, **overrides)
-    rows = []
-    for entry in models:
-        lm = load_model(entry) if isinstance(entry, str) else entry
-        for circuit, sets in head_sets.items():
-            for (group, desideratum), heads in sets.items():
-                accuracies = desideratum_accuracy(lm, heads, group, desideratum, config)
-                rows += [{"model": lm.spec.name, "circuit": circuit, "group": group, "desideratum": desideratum,
-                          "draw": draw, "accuracy": float(acc), "n_heads": len(_unique_heads(heads)),
-                          "authors_compat": config.authors_compat} for draw, acc in enumerate(accuracies)]
-        if isinstance(entry, str):
-            del lm
-    return pd.DataFrame(rows, columns=["model", "circuit", "group", "desideratum", "draw", "accuracy",
-                                       "n_heads", "authors_compat"])
-
-
-def additional_desiderata_frame(lm, heads: Sequence[Sequence[int]], group: str = "position_transmitter",
-                                desiderata: Sequence[str] = tuple(D.ADDITIONAL_DESIDERATA),
-                                dcm_config: DCMConfig | None = None,
-                                check_config: PatchingCheckConfig | None = None,
-                                ) -> tuple[pd.DataFrame, list[DCMResult]]:
-    """The appendix (§4.10): for each rephrased source, DCM over the group's heads, then the
-    activation-patching check of the heads it selected. Returns one tidy row per (desideratum,
-    draw) — with the DCM head count and test accuracy — and the DCM results."""
-    dcm_config = dcm_config or DEFAULT_DCM
-    check_config = replace(check_config or DEFAULT_CHECK, authors_compat=dcm_config.authors_compat)
-    rows, results = [], []
-    for desideratum in progress(desiderata, desc="additional desiderata"):
-        result = run_dcm(lm, heads, group, desideratum, dcm_config)
-        results.append(result)
-        accuracies = desideratum_accuracy(lm, result.heads, group, desideratum, check_config)
-        rows += [{"model": lm.spec.name, "group": group, "desideratum": desideratum, "draw": draw,
-                  "accuracy": float(acc), "dcm_n_heads": len(result.heads),
-                  "dcm_heads": [list(h) for h in result.heads],
-                  "dcm_test_accuracy": result.test_accuracy, "authors_compat": dcm_config.authors_compat}
-                 for draw, acc in enumerate(accuracies)]
-    return pd.DataFrame(rows), results
+    Every source prompt is run once for all draws and requests (`patching.HeadOutputs`), and the
+    patched base runs of all requests and draws are stacked into as few forward passes as
+    ``max_rows`` allows. Explained in chapter 5."""
+    task = config.task
+    dataset = lm.examples(task)
+    compat = task.authors_compat
+    desiderata = list(dict.fromkeys(d for _, _, d in requests))
+    draws = {d: [D.desideratum_pairs(d, dataset, task.n_samples, pool=task.n_samples, seed=seed,
+                                     authors_compat=compat) for seed in draw_seeds(config.pairing_seed, config.n_draws)]
+             for d in desiderata}
+    base = lm.tokenize(draws[desiderata[0]][0].base) if desiderata else None  # the same prompts in every draw
+    base_texts = [D.render(ex).text for ex in draws[desiderata[0]][0].base] if desiderata else []
+    recorded = {}
+    for d in desiderata:  # the sources of one desideratum share a layout (the rephrasings change it)
+        sources = list(dict.fromkeys(ex for pairs in draws[d] for ex in pairs.source))
+        nodes = list(dict.fromkeys((int(l), int(h), P.ALL_POSITIONS if compat else GROUPS[g])
+                                   for heads, g, dd in requests if dd == d for l, h in heads))
+        batch = lm.tokenize(sources)
+        recorded[d] = (batch, P.HeadOutputs.record(lm.model, batch, nodes, config.batch_size, desc="source activations"))
+    blends, owner = [], []
+    for r, (heads, group, desideratum) in enumerate(requests):
+        heads = _unique_heads(heads)
+        position = P.ALL_POSITIONS if compat else GROUPS[group]
+        source_batch, outputs = recorded[desideratum]
+        for pairs in draws[desideratum]:
+            rows = outputs.row_of(pairs.source)
+            source = source_batch[rows.tolist()]
+            base_index, source_index = patch_positions(base, source, group, base_index_in_source=compat)
+            targets = D.answer_token_ids(lm.tokenizer, base_texts, pairs.targets, mode=pairs.target_token_mode)
+            z = (torch.stack([outputs.at((l, h, position), rows, source_index) for l, h in heads], dim=1)
+                 if heads else torch.zeros(len(rows), 0, lm.d_head))
+            data = PatchData(base.tokens, base_index, source_index, z.to(lm.device), targets.to(lm.device))
+            blends.append(Blend(heads, torch.zeros(len(heads), device=lm.device), data))
+            owner.append(r)
+    accuracies = patched_accuracies(lm.model, blends, config.batch_size, max_rows)
+    out = [[] for _ in requests]
+    for r, acc in zip(owner, accuracies):
+        out[r].append(acc)
+    return [torch.tensor(a) for a in out]
 
 
-def config_dict(config: DCMConfig | PatchingCheckConfig) -> dict:
-    """The configuration as a plain dict (for saving beside results)."""
-    return asdict(config)
+def desideratum_accuracy(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str,
+                         config: PatchingCheckConfig | None = None) -> torch.Tensor:
+    """`check_accuracies` for one head set: ``[n_draws]`` fractions. Explained in chapter 5."""
+    return check_accuracies(lm, [(heads, group, desideratum)], config or DEFAULT_CHECK)[0]
+
+
+CHECK_COLUMNS = ["model", "circuit", "group", "desideratum", "draw", "accuracy", "n_heads", "authors_compat"]
+
+
+def stored_patching_check(model, head_sets: Mapping[str, HeadSets], config: PatchingCheckConfig = DEFAULT_CHECK
+                          ) -> pd.DataFrame:
+    """The paper's §4.9 experiment in one model: for every circuit named in ``head_sets`` (circuit ->
+    (group, desideratum) -> heads, e.g. `heads_of` its DCM summary), one tidy row per group x
+    desideratum x draw with the target's accuracy. Stored under ``results/``; the model is loaded
+    only to compute. Explained in chapter 5."""
+    from . import variants
+    from .cache import cached
+
+    params = {"model": variants.fingerprint(model),
+              "heads": {c: {f"{g}/{d}": [list(h) for h in hs] for (g, d), hs in sets.items()} for c, sets in head_sets.items()},
+              "config": _key(config)}
+
+    def compute():
+        lm = variants.load(model)
+        requests = [(heads, g, d) for sets in head_sets.values() for (g, d), heads in sets.items()]
+        names = [c for c, sets in head_sets.items() for _ in sets]
+        rows = []
+        for circuit, (heads, group, desideratum), accs in zip(names, requests, check_accuracies(lm, requests, config)):
+            rows += [{"model": lm.spec.name, "circuit": circuit, "group": group, "desideratum": desideratum,
+                      "draw": draw, "accuracy": float(acc), "n_heads": len(_unique_heads(heads)),
+                      "authors_compat": config.task.authors_compat} for draw, acc in enumerate(accs)]
+        return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+
+    return cached("patching_check", params, compute)
+
+
+def stored_floors(model, config: PatchingCheckConfig = DEFAULT_CHECK) -> dict[str, float]:
+    """Each desideratum's accuracy with no head patched (the floor a patched run is read against).
+    Explained in chapter 5."""
+    frame = stored_patching_check(model, {"none": {("value_fetcher", d): [] for d in D.DESIDERATA}}, config)
+    return frame.groupby("desideratum", sort=False)["accuracy"].mean().to_dict()
+
+
+def stored_authors_compat(model, heads: HeadSets, config: PatchingCheckConfig = DEFAULT_CHECK) -> pd.DataFrame:
+    """The same head sets patched with the corrected data and with the authors' (B1, B2, W3), plus the
+    unpatched floors: one tidy row per data x group x desideratum x draw. Explained in appendix A3."""
+    sets = {**heads, **{("none (floor)", d): [] for d in D.DESIDERATA}}
+    frames = []
+    for compat in (False, True):
+        cfg = replace(config, task=replace(config.task, authors_compat=compat))
+        requests = {(("value_fetcher" if g == "none (floor)" else g), d): h for (g, d), h in sets.items()}
+        frame = stored_patching_check(model, {"sets": requests}, cfg)
+        frame["group"] = [g for (g, d) in sets for _ in range(cfg.n_draws)]
+        frames.append(frame.assign(data="authors (B1, B2, W3)" if compat else "corrected"))
+    return pd.concat(frames, ignore_index=True)[["group", "desideratum", "draw", "accuracy", "data"]]
+
+
+def stored_additional_desiderata(model, heads: Sequence[Sequence[int]], group: str = "position_transmitter",
+                                 desiderata: Sequence[str] = tuple(D.ADDITIONAL_DESIDERATA),
+                                 dcm_config: DCMConfig = DEFAULT_DCM, check_config: PatchingCheckConfig = DEFAULT_CHECK,
+                                 ) -> pd.DataFrame:
+    """The appendix (§4.10): for each rephrased source, DCM over the group's heads (all trained
+    together), then the activation-patching check of the heads it selected. One tidy row per
+    (desideratum, draw), with the DCM head count and test accuracy. Explained in chapter 5."""
+    check_config = replace(check_config, task=replace(check_config.task, authors_compat=dcm_config.task.authors_compat))
+    runs = stored_dcms(model, [(heads, group, d) for d in desiderata], dcm_config)
+    selected = {(group, d): r["summary"]["heads"] for d, r in zip(desiderata, runs)}
+    frame = stored_patching_check(model, {"additional": selected}, check_config)
+    by = {d: r["summary"] for d, r in zip(desiderata, runs)}
+    frame = frame.assign(dcm_n_heads=[by[d]["n_heads"] for d in frame["desideratum"]],
+                         dcm_heads=[by[d]["heads"] for d in frame["desideratum"]],
+                         dcm_test_accuracy=[by[d]["test_accuracy"] for d in frame["desideratum"]])
+    return frame.drop(columns=["circuit", "n_heads"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the results
+# --------------------------------------------------------------------------------------------------
+
+def best_desideratum(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per model and group, the desideratum its heads move best (from a draws-summarised frame)."""
+    idx = frame.groupby(["model", "group"], sort=False)["accuracy"].idxmax()
+    return frame.loc[idx, ["model", "group", "desideratum", "accuracy"]]
+
+
+def survival(accuracy: float, baseline: float) -> tuple[str, float | None]:
+    """How much of the plain positional signal a rewritten source keeps: "kept" (≥ 0.8 of it),
+    "weakened" (0.5–0.8) or "lost" (< 0.5), with the ratio (None when there is no baseline signal)."""
+    if baseline <= 0:
+        return "no baseline signal", None
+    ratio = accuracy / baseline
+    return ("kept" if ratio >= 0.8 else "weakened" if ratio >= 0.5 else "lost"), ratio

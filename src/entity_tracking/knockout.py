@@ -15,7 +15,7 @@ pattern and renormalising each row.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import pandas as pd
@@ -24,6 +24,7 @@ import torch
 from . import data as D
 from . import metrics as M
 from . import patching as P
+from .data import TaskConfig
 from .progress import progress
 
 #: The paper's edges: (query position, key position). "answer_object" is the object in the queried
@@ -41,12 +42,10 @@ EDGES: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True)
 class KnockoutConfig:
     """The authors' ``attn_knockout.ipynb`` setting (they ran one prompt per forward pass; batching
-    changes nothing but speed)."""
+    changes nothing but speed). Explained in appendix A2."""
 
-    n_samples: int = 500     # (paper: 500)
-    n_boxes: int = 7         # (paper: 7)
-    dataset_seed: int = 0
-    seed: int = 5            # draws of the random edges (paper: seed 5)
+    task: TaskConfig = TaskConfig()  # (paper: 500 prompts, 7 boxes)
+    edge_seed: int = 5       # draws of the random edges (paper: seed 5)
     batch_size: int = 50
 
 
@@ -104,12 +103,72 @@ def knockout_curves(lm, edges: Sequence[str] = tuple(EDGES), config: KnockoutCon
                     ) -> pd.DataFrame:
     """Accuracy with each edge cut from each starting layer on: one row per (edge, start_layer),
     ``start_layer`` 1-based as the paper's "Knockout Starting Layer" axis, in `plots.knockout_lines`'s
-    layout."""
-    batch = lm.tokenize(lm.dataset(config.n_boxes, config.n_samples, config.dataset_seed))
+    layout. Explained in appendix A2."""
+    batch = lm.batch(config.task)
     rows = []
     for edge in edges:
-        query, key = edge_positions(batch, edge, config.seed)
+        query, key = edge_positions(batch, edge, config.edge_seed)
         for layer in progress(range(lm.n_layers), desc=f"knockout {edge}", total=lm.n_layers):
             logits = knockout_logits(lm.model, batch, query, key, layer, config.batch_size)
             rows.append({"edge": edge, "start_layer": layer + 1, "accuracy": M.accuracy(logits, batch.answer_ids)})
     return pd.DataFrame(rows, columns=["edge", "start_layer", "accuracy"])
+
+
+def stored_knockout(model, edges: Sequence[str] = tuple(EDGES), config: KnockoutConfig = DEFAULT_KNOCKOUT) -> dict:
+    """`knockout_curves` and the uncut model's accuracy on the same prompts, read from ``results/`` or
+    computed and stored (the model, a variant name or a loaded one, is loaded only to compute).
+    Explained in appendix A2."""
+    from . import variants
+    from .cache import cached
+
+    def compute():
+        lm = variants.load(model)
+        return {"curves": knockout_curves(lm, list(edges), config),
+                "model_accuracy": M.model_accuracy(lm, lm.batch(config.task), config.batch_size)}
+
+    params = {"model": variants.fingerprint(model), "edges": list(edges),
+              "config": {k: v for k, v in asdict(config).items() if k != "batch_size"}}
+    return cached("knockout", params, compute)
+
+
+def recovered_from(curves: pd.DataFrame, accuracy: float, edge: str, noise: float = 0.03) -> int | None:
+    """The first start layer from which cutting the edge costs at most ``noise`` of accuracy and keeps
+    doing so at every later start layer: the layer by which the information has crossed the edge."""
+    rows = curves[curves["edge"] == edge].sort_values("start_layer")
+    ok = rows["accuracy"] >= accuracy - noise
+    for layer in rows["start_layer"]:
+        if ok[rows["start_layer"] >= layer].all():
+            return int(layer)
+    return None
+
+
+def recovery_table(curves: pd.DataFrame, accuracy: float, n_layers: int, paper: pd.DataFrame,
+                   paper_accuracy: float, noise: float = 0.03) -> pd.DataFrame:
+    """Per edge: from which start layer ours and the paper's LLaMA-7B recover, out of how many
+    layers, and our accuracy with the edge cut in every layer. Explained in appendix A2."""
+    rows = []
+    for e in EDGES:
+        everywhere = curves[(curves.edge == e) & (curves.start_layer == 1)]["accuracy"]
+        rows.append({"edge": e, "ours: recovered from layer": recovered_from(curves, accuracy, e, noise),
+                     "ours: layers": n_layers, "ours: cut everywhere": float(everywhere.iloc[0]),
+                     "paper: recovered from layer": (recovered_from(paper, paper_accuracy, e, noise)
+                                                     if e in set(paper.edge) else None),
+                     "paper: layers": 32})
+    table = pd.DataFrame(rows)
+    return table.astype({c: "Int64" for c in table.columns if "recovered" in c})
+
+
+def describe_recovery(summary: pd.DataFrame, name: str, accuracy: float) -> str:
+    """A paragraph, computed from `recovery_table`, on whether the circuit edges recover in the
+    paper's bottom-up order (C, then B, then A) and what the random controls cost."""
+    ordered = summary.dropna(subset=["ours: recovered from layer"]).set_index("edge")["ours: recovered from layer"]
+    main = [e for e in ("query_label->prev_query_label", "last->query_label", "last->object") if e in ordered]
+    same = list(ordered[main].sort_values(kind="stable").index) == main
+    cost = summary.set_index("edge")["ours: cut everywhere"]
+    return (f"In the paper the three circuit edges recover in the order query label → previous label (C), "
+            f"then last → query label (B), then last → object (A): the circuit runs bottom-up D/C → B → A. "
+            f"In {name} the order is {'the same' if same else 'different'}: "
+            + ", ".join(f"{e} from layer {int(ordered[e])}" for e in main) + ". The random edges are controls: "
+            "cutting them everywhere costs " + ", ".join(f"{e} {accuracy - cost[e]:+.3f}"
+                                                       for e in ("last->random", "query_label->random"))
+            + " in accuracy (model minus cut).")

@@ -55,3 +55,32 @@ def accuracy_by_boxes(lm, boxes: Sequence[int] = range(2, 8), n_samples: int = 5
     """Accuracy on the paper's prompts for each number of boxes (fixed seed: the same prompts for
     every model of the same vocabulary)."""
     return {n: model_accuracy(lm, lm.tokenize(lm.dataset(n, n_samples, seed)), batch_size) for n in boxes}
+
+
+def stored_accuracy_table(models: Sequence, boxes: Sequence[int] = range(2, 8), task=None,
+                          batch_size: int = 50) -> "pd.DataFrame":
+    """Accuracy of each model at each number of boxes, on the same prompts for every model (the
+    task's ``n_samples`` lines of seed ``dataset_seed``): a tidy frame (model, boxes, accuracy,
+    n_samples, seed, source="ours"). Each model's row is stored under ``results/`` by its weights, so
+    a 7B run done once on a GPU can be shown by the book built without one. Explained in chapter 2."""
+    import pandas as pd
+    from dataclasses import asdict, replace
+
+    from . import variants
+    from .cache import cached
+    from .data import TaskConfig
+
+    task = task or TaskConfig()
+    boxes = [int(b) for b in boxes]
+    rows = []
+    for model in models:
+        params = {"model": variants.fingerprint(model), "boxes": boxes, "task": asdict(task)}
+
+        def compute(model=model):
+            lm = variants.load(model)
+            return {str(n): model_accuracy(lm, lm.batch(replace(task, n_boxes=n)), batch_size) for n in boxes}
+
+        accuracy_of = cached("accuracy", params, compute)
+        rows += [{"model": variants.label(model), "boxes": n, "accuracy": accuracy_of[str(n)],
+                  "n_samples": task.n_samples, "seed": task.dataset_seed, "source": "ours"} for n in boxes]
+    return pd.DataFrame(rows)

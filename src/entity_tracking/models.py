@@ -252,6 +252,21 @@ class LoadedModel:
 
         return tuple(single_token_words(OBJECTS, self.tokenizer))
 
+    @property
+    def fingerprint(self) -> str:
+        """What names these weights in stored results (`variants.fingerprint`), computed once."""
+        from .variants import fingerprint
+
+        return fingerprint(self)
+
+    def examples(self, task, n_samples: int | None = None):
+        """The prompts of a `data.TaskConfig` in this model's vocabulary."""
+        return task.examples(self.objects, n_samples)
+
+    def batch(self, task, n_samples: int | None = None):
+        """The prompts of a `data.TaskConfig`, tokenised on this model's device."""
+        return self.tokenize(self.examples(task, n_samples))
+
     def dataset(self, n_boxes: int = 7, n_samples: int = 500, seed: int = 0):
         """The task's prompts in this model's vocabulary."""
         from .data import make_dataset

@@ -596,3 +596,80 @@ def describe_accuracy_comparison(table: pd.DataFrame, boxes: int = PAPER_BOXES) 
                     ", ".join(f"{r.gap:+.2f} ({r.model} vs {MODEL_TITLES[r.paper_model]})" for r in far.itertuples()) +
                     "; only the pattern across models is comparable when the model is not the 7B one.")
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# The authors' path-patching score maps and the circuits as the figures draw them
+# --------------------------------------------------------------------------------------------------
+
+PROVENANCE["path_patching_scores"] = Provenance(
+    "repo", "experiment_1/results/path_patching/{model}_circuit/{group}.pt, copied to paper_data/",
+    "§4.3 Top path-patching heads")
+
+#: The authors' twelve 32 x 32 score maps, copied unchanged (provenance in paper_data/README.md).
+PATH_PATCHING_SCORES_FILE = "paper_data/path_patching_scores.json"
+#: Step of the circuit search that found each group (1 = value fetchers, read from the logits).
+STEP_OF_GROUP = {"value_fetcher": 1, "position_transmitter": 2, "position_detector": 3, "structure_reader": 4}
+
+
+_SCORE_FILE: dict = {}
+
+
+def _score_file() -> dict:
+    """The score file's contents, read once per session (several chapters draw these maps)."""
+    if not _SCORE_FILE:
+        import json
+        from pathlib import Path
+
+        _SCORE_FILE.update(json.loads((Path(__file__).parent / PATH_PATCHING_SCORES_FILE).read_text()))
+    return _SCORE_FILE
+
+
+def path_patching_scores(model: str | None = None) -> pd.DataFrame:
+    """Every head's path-patching score in the authors' own circuit searches, tidy: one row per
+    (model, group, layer, head) with the search ``step`` (1-4) and ``score`` (more negative = more
+    important), for LLaMA-7B, Goat-7B and FLoat-7B (or one ``model``). Read from the authors' saved
+    tensors rather than transcribed, so every one of the 1,024 heads per map is there, not only the
+    top five of `top_heads`. Goat's step-1 map carries the authors' LoRA defect W4."""
+    maps = _score_file()["scores"]
+    if model is not None and model not in maps:
+        raise KeyError(f"no path-patching scores for {model!r}; the authors saved {sorted(maps)}")
+    rows = []
+    for name in ([model] if model is not None else list(maps)):
+        for authors_group, matrix in maps[name].items():
+            group = _AUTHORS_GROUP[authors_group]
+            rows += [{"model": name, "group": group, "step": STEP_OF_GROUP[group], "layer": layer, "head": head,
+                      "score": float(score)}
+                     for layer, row in enumerate(matrix) for head, score in enumerate(row)]
+    frame = _frame("path_patching_scores", rows)
+    return frame.sort_values(["model", "step", "layer", "head"], ignore_index=True)
+
+
+def path_patching_score_maps(model: str = "llama-7b") -> dict:
+    """One ``[layer, head]`` float tensor (32 x 32) per group, keyed by the package's group names:
+    the shape `path_patching` returns for our own models, so both go to the same plotting code."""
+    import torch
+
+    maps = _score_file()["scores"]
+    if model not in maps:
+        raise KeyError(f"no path-patching scores for {model!r}; the authors saved {sorted(maps)}")
+    return {_AUTHORS_GROUP[g]: torch.tensor(m, dtype=torch.float32) for g, m in maps[model].items()}
+
+
+def circuit_summary(circuit: str = "llama-7b") -> dict[str, dict]:
+    """Each group of a paper circuit as the circuit diagram needs it: ``n_heads``, ``layers``
+    (first, last) and ``heads`` (the list where this module has it, else None).
+
+    Only LLaMA's B and D heads are transcribed (`LLAMA_CIRCUIT_HEADS`); every other group is known
+    by its size and layer range alone (`CIRCUIT_SIZES`), so a figure must say it draws those from
+    the summary, not from a head list."""
+    if circuit not in CIRCUIT_SIZES:
+        raise KeyError(f"no paper circuit {circuit!r}; choose from {sorted(CIRCUIT_SIZES)}")
+    info = CIRCUIT_SIZES[circuit]
+    listed = LLAMA_CIRCUIT_HEADS if circuit == "llama-7b" else {}
+    out = {}
+    for group, n, layers in zip(GROUPS, info["sizes"], info["layers"]):
+        heads = listed.get(group)
+        out[group] = {"n_heads": n, "layers": tuple(layers),
+                      "heads": None if heads is None or len(heads) != n else tuple(heads)}
+    return out

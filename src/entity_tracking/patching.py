@@ -176,19 +176,49 @@ def patch_heads(model, tokens: torch.Tensor, source: torch.Tensor, mask: torch.T
 def activation_patch(model, base: TaskBatch, source: TaskBatch, nodes: Iterable[Node],
                      source_nodes_position: str | None = None) -> torch.Tensor:
     """Logits of the base prompts with each node's head output taken from the source prompt at the
-    same named position (positions are looked up separately in base and source)."""
+    same named position (positions are looked up separately in base and source), or at
+    ``source_nodes_position`` of the source. Explained in chapter 5."""
     nodes = list(nodes)
-    _, z_src = head_outputs(model, source.tokens)
-    mask = nodes_mask(model, base, nodes)
-    n_layers, _, _, n_heads, d_head = z_src.shape
-    aligned = z_src.new_zeros(n_layers, len(base), base.seq_len, n_heads, d_head)
-    rows = torch.arange(len(base), device=z_src.device)
-    for layer, head, position in nodes:
-        b_idx = position_index(base, position).to(z_src.device)
-        s_idx = position_index(source, source_nodes_position or position).to(z_src.device)
-        ok = (b_idx >= 0) & (s_idx >= 0)
-        aligned[layer, rows[ok], b_idx[ok], head] = z_src[layer, rows[ok], s_idx[ok], head]
-    return patch_heads(model, base.tokens, aligned, mask)
+    read = [(layer, head, source_nodes_position or position) for layer, head, position in nodes]
+    outputs = HeadOutputs.record(model, source, read, batch_size=max(1, len(source)))
+    return patch_from(model, base, outputs, nodes, read)
+
+
+def patch_from(model, batch: TaskBatch, outputs: "HeadOutputs", nodes: Sequence[Node],
+               read: Sequence[Node] | None = None) -> torch.Tensor:
+    """Logits of ``batch`` with each node's head output replaced by the recorded output of
+    ``read[i]`` (default: the same node), row for row (prompt i of the cache patches prompt i of the
+    batch). A node at `ALL_POSITIONS` patches every token. Explained in chapter 5 and chapter 6."""
+    values, mask = aligned_outputs(model, batch, outputs, nodes, read)
+    return patch_heads(model, batch.tokens, values, mask)
+
+
+def aligned_outputs(model, batch: TaskBatch, outputs: "HeadOutputs", nodes: Sequence[Node],
+                    read: Sequence[Node] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source tensor ``[layer, prompt, pos, head, d_head]`` and mask placing the recorded outputs at
+    each node's position in ``batch`` (prompts without that position are left alone)."""
+    read = list(nodes) if read is None else list(read)
+    missing = [n for n in read if n not in outputs.values]
+    if missing:
+        raise ValueError(f"{len(missing)} nodes were not recorded, e.g. {missing[:3]}")
+    n_layers, n_heads = n_layers_heads(model)
+    device = batch.tokens.device
+    dtype = next(model.parameters()).dtype  # the model's own precision: half the memory at 7B in float16
+    values = torch.zeros(n_layers, len(batch), batch.seq_len, n_heads, model.cfg.d_head, device=device, dtype=dtype)
+    mask = empty_mask(model, batch)
+    rows = torch.arange(len(batch), device=device).unsqueeze(1)
+    for node, source_node in zip(nodes, read):
+        layer, head, position = node
+        index = node_token_index(batch, position)
+        recorded = outputs.values[source_node].to(device=device, dtype=dtype)
+        if recorded.shape[1] != index.shape[1]:  # a named source position patched into a named target one
+            recorded = recorded[:, :1].expand(-1, index.shape[1], -1)
+        source_ok = node_token_index(outputs.batch, source_node[2]).to(device)[:, :1] >= 0  # the source has it
+        ok = (index >= 0) & source_ok
+        r, i = rows.expand_as(index)[ok], index[ok]
+        values[layer, r, i, head] = recorded[ok]
+        mask[layer, r, i, head] = True
+    return values, mask
 
 
 def mean_head_outputs(model, reference: TaskBatch, batch_size: int = 50) -> torch.Tensor:
@@ -214,3 +244,93 @@ def replace_hooks(name: str, source: torch.Tensor) -> tuple[str, Hook]:
         return source.to(x.dtype).expand_as(x)
     return name, hook
 
+
+
+# --------------------------------------------------------------------------------------------------
+# One cache of head outputs, shared by activation patching, DCM and CMAP
+# --------------------------------------------------------------------------------------------------
+
+#: A node position meaning "every token" (DCM reads a source at the base's index, the authors' W3;
+#: CMAP can patch all positions).
+ALL_POSITIONS = "all"
+
+
+def node_token_index(batch: TaskBatch, position: str) -> torch.Tensor:
+    """``[prompt, k]`` token indices a node covers: its named position (k = 1) or every token."""
+    if position == ALL_POSITIONS:
+        return torch.arange(batch.seq_len, device=batch.tokens.device).expand(len(batch), -1)
+    return position_index(batch, position).unsqueeze(1)
+
+
+class HeadOutputs:
+    """Chosen head outputs ``z`` on a set of prompts, recorded once and reused by every run that
+    patches them in: activation patching (a source prompt's heads into a base prompt), DCM (every
+    training step and evaluation reads the same source activations) and CMAP (another model's heads,
+    kept on CPU so that only one model is ever resident).
+
+    ``values[node]`` is ``[prompt, k, d_head]``: k = 1 for a node at a named position, every token for
+    a node at `ALL_POSITIONS`. Size for named positions: nodes x prompts x d_head (for 175 LLaMA-7B
+    nodes and 500 prompts, 45 MB in float32). Explained in chapter 5 (activation patching) and
+    chapter 6 (CMAP)."""
+
+    def __init__(self, nodes: Sequence[Node], values: dict, batch: TaskBatch, model_name: str = ""):
+        self.nodes = tuple(nodes)
+        self.values = values
+        self.batch = batch
+        self.model = model_name
+        self._row = None
+
+    @classmethod
+    @torch.no_grad()
+    def record(cls, model, batch: TaskBatch, nodes: Iterable[Node], batch_size: int = 32,
+               device: str | torch.device | None = None, model_name: str = "",
+               desc: str = "recording head outputs") -> "HeadOutputs":
+        """Run the model over the prompts once and keep only the nodes' outputs at their positions
+        (on ``device``, default the model's; "cpu" for CMAP)."""
+        from .progress import progress
+
+        nodes = tuple(dict.fromkeys((int(layer), int(head), str(pos)) for layer, head, pos in nodes))
+        layers = sorted({layer for layer, _, _ in nodes})
+        parts: dict[Node, list[torch.Tensor]] = {node: [] for node in nodes}
+        chunks = list(batch.batches(batch_size)) if nodes else []
+        for chunk in progress(chunks, desc=desc, total=len(chunks), leave=False):
+            _, store = cache_activations(model, chunk.tokens, [z_name(layer) for layer in layers])
+            rows = torch.arange(len(chunk), device=chunk.tokens.device).unsqueeze(1)
+            for node in nodes:
+                layer, head, position = node
+                index = node_token_index(chunk, position).clamp(min=0)
+                value = store[z_name(layer)][rows, index, head]
+                parts[node].append(value.float().to(device) if device is not None else value)
+        values = {node: torch.cat(t) for node, t in parts.items()}
+        return cls(nodes, values, batch, model_name)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.values.values())
+
+    def rows(self, rows) -> "HeadOutputs":
+        """The cache for a subset of prompts (a slice or an index tensor)."""
+        if isinstance(rows, slice):
+            batch = self.batch[rows]
+        else:
+            batch = self.batch[rows.tolist() if torch.is_tensor(rows) else list(rows)]
+        return HeadOutputs(self.nodes, {n: t[rows] for n, t in self.values.items()}, batch, self.model)
+
+    def row_of(self, examples) -> torch.Tensor:
+        """Row of each example in this cache (the cache was recorded once for every distinct prompt)."""
+        if self._row is None:
+            self._row = {ex: i for i, ex in enumerate(self.batch.examples)}
+        return torch.tensor([self._row[ex] for ex in examples])
+
+    def at(self, node: Node, rows: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``[len(rows), d_head]``: the node's output for those prompts; for an `ALL_POSITIONS` node,
+        at token ``index`` of each (``-1`` read as 0; such rows are left unpatched by the callers)."""
+        value = self.values[node]
+        rows = rows.to(value.device)
+        if node[2] == ALL_POSITIONS:
+            if index is None:
+                raise ValueError("a node recorded at every position needs the token index to read")
+            return value[rows, index.to(value.device).clamp(min=0)]
+        return value[rows, 0]

@@ -1,5 +1,6 @@
 """Path patching: which heads move the information the answer depends on, found group by group
-(paper.md §4.3, the authors' `experiment_1/path_patching.py` and `pp_utils.py`).
+(paper.md §4.3, the authors' `experiment_1/path_patching.py` and `pp_utils.py`). Explained in
+chapter 3 (circuit discovery).
 
 A *sender* head's output ``z`` at one position is replaced by its value on a corrupted prompt (the
 query letter replaced by one that names no box, in another context), while every other head output
@@ -26,17 +27,29 @@ residual stream of its own position, so the receivers' input there is all it can
 corrupted prompt has no earlier copy of its query letter, so its sender output is read at a random
 box label of the corrupted prompt, as the authors did (``random.choice(range(6, 49, 7))``).
 
-Speed: the authors ran one forward pass per sender head (21,510 passes of 100 prompts per 7B model).
-Here one pass holds one copy of the prompts per sender, as many senders as ``max_rows`` allows; pass 1
-runs only the sender's token (with every head frozen nothing else can change); pass 2 runs the clean
-prefix before the receivers' position once per prompt and reuses its keys and values for every copy;
-senders that cannot reach a receiver are skipped. `path_patching_scores_one_head_per_forward` keeps
-the one-at-a-time definition, which the tests compare against and the benchmark times.
+Speed. The authors ran one forward pass of whole prompts per sender and per pass (21,510 passes of
+100 prompts per 7B model, paper.md §6). The scores here are the same (the tests compare them with
+`path_patching_scores_one_head_per_forward`, the definition written their way, to 1e-6 in float32),
+from far less work, all through the TransformerLens hooks every other method uses:
+
+* The clean and corrupted runs are recorded once per chunk of prompts and shared by the four steps
+  (`Records`), as the authors cached theirs once per batch.
+* One pass holds one copy of the prompts per sender, as many as ``max_rows`` allows, with no Python
+  loop over senders; senders that cannot reach a receiver (none below its layer) are skipped.
+* Pass 1 runs only the sender's token: with every head output frozen, nothing moves information
+  between positions, so that token's residual stream is the whole prompt's there.
+* Pass 2 runs only the tokens that can change, from the receivers' position on (the last token
+  for Q-composition at ``last``). Hooks give them their true rotary angles and let them attend to
+  the keys and values the clean run recorded for the tokens before, in one softmax with their own.
+  When every receiver a sender reaches sits in the last layer, a V-composition runs only the last
+  token: below that layer nothing changes, and in it only the last token's output is read, which
+  moves by its attention on the receiver position times the change of the value.
 """
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 import random
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
@@ -46,6 +59,7 @@ import torch
 from . import data as D
 from . import patching as P
 from .cache import cached, model_fingerprint
+from .data import TaskConfig
 from .circuit import GROUPS, Circuit, Head
 from .metrics import answer_probs, path_patching_score
 from .progress import progress
@@ -101,20 +115,19 @@ SMALL_MODEL_TOP_K = {"receivers": (3, 2, 2), "candidates": (6, 3, 4, 3), "min_ef
 class PathPatchingConfig:
     """Everything that decides a discovered circuit; each default is the paper's LLaMA setting, and
     the top-k left at None is chosen per model by `resolve` (the authors' numbers for the 7B
-    models, `SMALL_MODEL_TOP_K` for the organism)."""
+    models, `SMALL_MODEL_TOP_K` for the organism). ``task.authors_compat`` draws the corrupted query
+    letter the authors' way (any capital, which may name a box). Explained in chapter 3."""
 
-    n_boxes: int = 7
-    n_samples: int = 300              # base prompts: the dataset's first lines             (paper: 300)
+    task: TaskConfig = TaskConfig(n_samples=300)   # base prompts: the dataset's first lines (paper: 300)
     pool: int = 300                   # corrupted prompts are drawn from the first `pool` lines (paper: 300)
-    dataset_seed: int = 0             # seed of `make_dataset`, as every chapter uses
-    seed: int = 0                     # corrupted pairing, random letters, step-4 source labels
+    pairing_seed: int = 0             # corrupted pairing, random letters, step-4 source labels
     receivers: tuple[int, int, int] | None = None            # top A, B, C heads as next receivers
     candidates: tuple[int, int, int, int] | None = None      # top A, B, C, D heads kept as candidates
     min_effect: float | None = None   # a head is chosen only if its score is below -min_effect
     drop_b_from_a: bool = True        # remove from A the heads also in B (the authors did)
     batch_size: int = 100             # prompts per chunk                                    (paper: 100)
-    max_rows: int = 800               # prompt copies per forward pass (senders x prompts): the memory budget
-    authors_compat: bool = False      # any capital as corrupted query letter (may name a box)
+    max_rows: int = 800               # prompt copies per forward pass (senders x prompts): the memory budget,
+                                      # in whole prompts (a pass of shorter rows holds more of them)
     minimality_threshold: float | None = 0.01  # prune with `circuit_eval` minimality (paper: 1 %); None: keep candidates
     minimality_samples: int = 100     # prompts for minimality                              (paper: 100)
 
@@ -172,9 +185,10 @@ def rows_for_memory(lm, seq_len: int, budget_gb: float) -> int:
 
 def pair_batches(lm, config: PathPatchingConfig) -> tuple[D.TaskBatch, D.TaskBatch]:
     """Base prompts (the dataset's first ``n_samples`` lines) and their corrupted counterparts."""
-    dataset = lm.dataset(config.n_boxes, max(config.n_samples, config.pool), config.dataset_seed)
-    base, corrupt = D.path_patching_pairs(dataset, config.n_samples, config.pool, config.seed,
-                                          authors_compat=config.authors_compat)
+    task = config.task
+    dataset = lm.examples(task, max(task.n_samples, config.pool))
+    base, corrupt = D.path_patching_pairs(dataset, task.n_samples, config.pool, config.pairing_seed,
+                                          authors_compat=task.authors_compat)
     return lm.tokenize(base), lm.tokenize(corrupt)
 
 
@@ -192,7 +206,7 @@ def source_positions(corrupt: D.TaskBatch, position: str, seed: int = 0) -> torc
 
 
 # --------------------------------------------------------------------------------------------------
-# The batched core: many sender sets per forward pass
+# Sender sets, and which receivers each can reach
 # --------------------------------------------------------------------------------------------------
 
 def sender_masks(lm, senders: Sequence[Head] | Sequence[Sequence[Head]]) -> torch.Tensor:
@@ -214,156 +228,6 @@ def _check_receiver_input(lm, receiver_input: str | None):
         raise NotImplementedError("V-composition receivers need one value head per query head (no grouped-query attention)")
 
 
-@torch.no_grad()
-def _patched_probs_chunk(lm, base: D.TaskBatch, clean_z: torch.Tensor, corrupt_at_src: torch.Tensor,
-                         masks: torch.Tensor, position: str, receivers: Sequence[Head],
-                         receiver_input: str | None) -> torch.Tensor:
-    """Answer probabilities ``[n_sets, n_prompts]`` with each sender set patched in its own copy of
-    the prompts.
-
-    Pass 1 freezes every head output at its clean value except the set's heads at the sender
-    position, which take the corrupted value. With every head output fixed, nothing can move
-    information between positions, so the sender's position evolves on its own: pass 1 runs that
-    one token (a sequence of length 1; rotary angles only touch attention scores, which the frozen
-    outputs override), about ``seq_len`` times cheaper than the full prompt and exactly equal.
-    Pass 2 (if there are receivers) is a clean run of the whole prompt with the receivers' q or v at
-    that position taken from pass 1."""
-    model = lm.model
-    n_sets, n = masks.shape[0], len(base)
-    device = clean_z.device
-    masks = masks.to(device)
-    prompt_rows = torch.arange(n, device=device)
-    pos_n = P.position_index(base, position).to(device)
-    rows = torch.arange(n_sets * n, device=device)
-    pos = pos_n.repeat(n_sets)
-    answers = base.answer_ids.repeat(n_sets)
-
-    def freeze(layer, z):
-        here = clean_z[layer][prompt_rows, pos_n].repeat(n_sets, 1, 1).to(z.dtype)   # [sets*n, head, d]
-        chosen = masks[:, layer, :]
-        if bool(chosen.any()):
-            corrupted = corrupt_at_src[layer].repeat(n_sets, 1, 1).to(z.dtype)
-            here = torch.where(chosen.repeat_interleave(n, 0)[:, :, None], corrupted, here)
-        return here.unsqueeze(1)
-
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in receivers:
-        by_layer.setdefault(int(layer), []).append(int(head))
-    recorded: dict[int, torch.Tensor] = {}
-
-    def record(layer):
-        def hook(x, hook):
-            recorded[layer] = x[:, 0].clone()
-            return x
-        return hook
-
-    hooks = P.z_edit_hooks(model, freeze)
-    if receiver_input is not None:
-        hooks += [(_INPUT_HOOK[receiver_input](layer), record(layer)) for layer in by_layer]
-    sender_tokens = base.tokens[prompt_rows, pos_n].repeat(n_sets).unsqueeze(1)
-    logits = P.run_with_hooks(model, sender_tokens, hooks)
-    if receiver_input is not None:
-        def write(layer):
-            heads = torch.tensor(by_layer[layer], device=device)
-
-            def hook(x, hook):
-                x = x.clone()
-                x[rows[:, None], pos[:, None], heads[None, :]] = recorded[layer][:, heads].to(x.dtype)
-                return x
-            return hook
-
-        plain = _plain_model(lm)
-        if plain is not None and by_layer:
-            probs = _pass2_from_prefix(plain, base, pos_n, n_sets, by_layer, recorded, receiver_input)
-            return probs
-        tokens = base.tokens.repeat(n_sets, 1)
-        logits = P.run_with_hooks(model, tokens, [(_INPUT_HOOK[receiver_input](layer), write(layer)) for layer in by_layer])
-    elif position != "last":
-        raise ValueError("without receivers the score reads the logits, so senders must sit at 'last'")
-    return answer_probs(logits[:, -1], answers).view(n_sets, n)
-
-
-def _plain_model(lm):
-    """A plain Hugging Face `LlamaForCausalLM` sharing ``lm``'s weights (no copy), or None.
-
-    Pass 2 changes nothing before the receivers' position, so the clean prefix's keys and values can
-    be computed once per prompt and reused by every sender's copy (a KV cache). The TransformerLens
-    bridge drops Hugging Face's cache, so pass 2 runs through this twin; it is checked once against
-    the bridge's logits and not used (None) if they differ."""
-    if "plain_twin" in lm.extra:
-        return lm.extra["plain_twin"]
-    twin = None
-    try:
-        from transformers import LlamaForCausalLM
-
-        original = lm.model.original_model
-        with torch.device("meta"):
-            twin = LlamaForCausalLM(original.config)
-        wanted = twin.state_dict()
-        shared = {}
-        for key, value in original.state_dict(keep_vars=True).items():
-            name = key.replace("._original_component", "").replace("_original_component.", "")
-            if name in wanted and name not in shared:
-                shared[name] = value
-        twin.load_state_dict(shared, assign=True, strict=True)
-        device = next(original.parameters()).device
-        twin.model.rotary_emb = type(twin.model.rotary_emb)(config=original.config).to(device)
-        twin.eval()
-        probe = torch.arange(2, 2 + min(12, original.config.vocab_size - 2), device=device).unsqueeze(0) % original.config.vocab_size
-        tol = 1e-4 if next(original.parameters()).dtype == torch.float32 else 5e-2  # half precision: rounding
-        with torch.no_grad():
-            same = torch.allclose(twin(probe).logits.float(), lm.model(probe).float(), atol=tol, rtol=tol)
-        twin = twin if same else None
-    except Exception:  # any mismatch of module layout: fall back to whole-prompt pass 2
-        twin = None
-    lm.extra["plain_twin"] = twin
-    return twin
-
-
-@torch.no_grad()
-def _pass2_from_prefix(plain, base: D.TaskBatch, pos_n: torch.Tensor, n_sets: int, by_layer: dict[int, list[int]],
-                       recorded: dict[int, torch.Tensor], receiver_input: str) -> torch.Tensor:
-    """Pass 2 with the clean prefix (every token before the first receiver position of the chunk)
-    run once and its key/value cache shared by all sender copies; only the rest of each prompt is
-    run per copy. Rows are prompt-major here (the cache repeats each prompt ``n_sets`` times)."""
-    from transformers import DynamicCache
-
-    import inspect
-
-    n = len(base)
-    start = int(pos_n.min())
-    cache = DynamicCache()
-    # transformers 5 renamed `past_key_values` to `cache` (the old name still works, with a warning)
-    cache_kw = "cache" if "cache" in inspect.signature(plain.forward).parameters else "past_key_values"
-    if start > 0:
-        plain(base.tokens[:, :start], **{cache_kw: cache}, use_cache=True)
-        cache.batch_repeat_interleave(n_sets)
-    rows = torch.arange(n * n_sets, device=pos_n.device)
-    at = (pos_n - start).repeat_interleave(n_sets)
-    module = {"q": "q_proj", "v": "v_proj"}[receiver_input]
-    handles = []
-    for layer, heads in by_layer.items():
-        heads_t = torch.tensor(heads, device=pos_n.device)
-        values = recorded[layer].view(n_sets, n, *recorded[layer].shape[1:]).transpose(0, 1).flatten(0, 1)
-
-        def hook(mod, args, out, heads_t=heads_t, values=values):
-            out = out.clone()
-            view = out.view(out.shape[0], out.shape[1], -1, values.shape[-1])
-            view[rows[:, None], at[:, None], heads_t[None, :]] = values[:, heads_t].to(out.dtype)
-            return out
-
-        proj = getattr(plain.model.layers[layer].self_attn, module)
-        handles.append(proj.register_forward_hook(hook))
-    try:
-        suffix = base.tokens[:, start:].repeat_interleave(n_sets, 0)
-        logits = plain(suffix, **{cache_kw: cache if start > 0 else None}, use_cache=start > 0).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-    probs = answer_probs(logits[:, -1], base.answer_ids.repeat_interleave(n_sets))
-    return probs.view(n, n_sets).T
-
-
 def reachable_sets(masks: torch.Tensor, receivers: Sequence[Head], receiver_input: str | None) -> torch.Tensor:
     """Which sender sets can change anything: with receivers, only a set with a head in a layer
     below some receiver's layer (a receiver reads its input before its own layer's heads write);
@@ -376,55 +240,421 @@ def reachable_sets(masks: torch.Tensor, receivers: Sequence[Head], receiver_inpu
     return masks[:, :top, :].flatten(1).any(1)
 
 
+def _last_layer_only(masks: torch.Tensor, receivers: Sequence[Head], receiver_input: str | None,
+                     n_layers: int) -> torch.Tensor:
+    """Sets whose V-composition changes only receivers in the model's last layer. For them pass 2
+    needs no token but the last: below the last layer every position is clean, and in the last
+    layer the other positions' outputs are never read (only the last token's logits are)."""
+    if receiver_input != "v" or not receivers:
+        return torch.zeros(masks.shape[0], dtype=torch.bool)
+    any_head = masks.flatten(1).any(1)
+    lowest = torch.where(any_head, masks.any(2).float().argmax(1), torch.full_like(any_head, n_layers, dtype=torch.long))
+    reached = torch.tensor(sorted({int(layer) for layer, _ in receivers}))
+    below_last = reached[reached < n_layers - 1]
+    # a set reaches a receiver layer above its lowest head; none of those may lie below the last layer
+    return ~(below_last[None, :] > lowest[:, None]).any(1) if len(below_last) else torch.ones_like(any_head)
+
+
+# --------------------------------------------------------------------------------------------------
+# The clean and corrupted runs, recorded once and read by every step
+# --------------------------------------------------------------------------------------------------
+
+def _attn_name(layer: int, name: str) -> str:
+    """TransformerLens names of the bridge's rotary attention that pass 2 needs besides
+    `patching`'s: ``hook_cos`` / ``hook_sin`` (the rotary angles of each position), ``hook_rot_q`` /
+    ``hook_rot_k`` (queries and keys after RoPE)."""
+    return f"blocks.{layer}.attn.{name}"
+
+
+def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[..., kv_head, d]`` to one slice per query head, as grouped-query attention shares them."""
+    return x if x.shape[-2] == n_heads else x.repeat_interleave(n_heads // x.shape[-2], dim=-2)
+
+
+@dataclass
+class _Chunk:
+    """One chunk of prompts: what the clean and corrupted runs left for the patched ones."""
+
+    base: D.TaskBatch
+    p_clean: torch.Tensor     # [prompt]
+    clean_z: torch.Tensor     # [layer, prompt, pos, head, d_head]
+    corrupt_z: torch.Tensor   # [layer, prompt, pos, head, d_head]
+    keys: torch.Tensor        # [layer, prompt, pos, kv_head, d_head], after RoPE
+    values: torch.Tensor      # [layer, prompt, pos, kv_head, d_head]
+    cos: torch.Tensor         # [layer, 1, pos, rotary dim]
+    sin: torch.Tensor
+
+    def to(self, device) -> "_Chunk":
+        return _Chunk(self.base.to(device), *(t.to(device) for t in (self.p_clean, self.clean_z, self.corrupt_z,
+                                                                      self.keys, self.values, self.cos, self.sin)))
+
+
+class Records:
+    """The clean and corrupted runs of every chunk of prompts, made once for all four steps.
+
+    Every step patches the same base prompts from the same corrupted ones, so both runs' head
+    outputs, and the clean run's rotated keys, values and rotary angles (which pass 2 reuses for
+    the tokens before the receivers' position), are the same in every step; the authors, too,
+    cached them once per batch. With several chunks on a GPU the records wait in CPU memory
+    (about 6 GB per 100 prompts for a 7B model in float16)."""
+
+    def __init__(self, lm, base: D.TaskBatch, corrupt: D.TaskBatch, batch_size: int = 100):
+        if len(base) != len(corrupt):
+            raise ValueError(f"need one corrupted prompt per base prompt; got {len(base)} and {len(corrupt)}")
+        missing = [n for n in (_attn_name(0, "hook_cos"), _attn_name(0, "hook_rot_q"), _attn_name(0, "hook_rot_k"))
+                   if n not in lm.model.hook_dict]
+        if missing:
+            raise NotImplementedError(f"pass 2 reuses the clean prefix through the bridge's rotary attention hooks; "
+                                      f"this model has no {missing}")
+        self.lm, self.base, self.corrupt, self.batch_size = lm, base, corrupt, batch_size
+        self.device = next(lm.model.parameters()).device
+        self._home = self.device if len(base) <= batch_size else torch.device("cpu")
+        self._chunks: dict[int, _Chunk] = {}
+        self._checked = False
+        self.scale = lm.model.cfg.d_head ** -0.5   # LLaMA's; `_check_prefix_reuse` confirms it
+
+    def starts(self) -> range:
+        return range(0, len(self.base), self.batch_size)
+
+    def chunk(self, start: int) -> _Chunk:
+        if start not in self._chunks:
+            self._chunks[start] = self._record(start)
+        chunk = self._chunks[start]
+        return chunk if self._home == self.device else chunk.to(self.device)
+
+    @torch.no_grad()
+    def _record(self, start: int) -> _Chunk:
+        model, n_layers = self.lm.model, self.lm.n_layers
+        base = self.base[start:start + self.batch_size]
+        corrupt = self.corrupt[start:start + self.batch_size]
+        store: dict[str, torch.Tensor] = {}
+
+        def keep(name, part=lambda x: x):
+            def hook(x, hook):
+                store[name] = part(x).detach()
+                return x
+            return hook
+
+        def clean_hooks():
+            hooks = []
+            for layer in range(n_layers):
+                hooks += [(_attn_name(layer, name), keep(f"{name}{layer}"))
+                          for name in ("hook_rot_k", "hook_v", "hook_cos", "hook_sin")]
+                if not self._checked:  # the first prompt's last query, for `_check_prefix_reuse`
+                    hooks += [(_attn_name(layer, "hook_rot_q"), keep(f"hook_rot_q{layer}", lambda x: x[0, -1])),
+                              (P.scores_name(layer), keep(f"hook_attn_scores{layer}", lambda x: x[0, :, -1]))]
+            return hooks
+
+        z_hooks = [(P.z_name(layer), keep(f"z{layer}", lambda x: x)) for layer in range(n_layers)]
+        logits = P.run_with_hooks(model, base.tokens, z_hooks + clean_hooks())
+        clean_z = torch.stack([store[f"z{layer}"] for layer in range(n_layers)])
+        P.run_with_hooks(model, corrupt.tokens, z_hooks)
+        corrupt_z = torch.stack([store[f"z{layer}"] for layer in range(n_layers)])
+        keys = torch.stack([store[f"hook_rot_k{layer}"] for layer in range(n_layers)])
+        if not self._checked:
+            self._check_prefix_reuse(store, keys)
+            self._checked = True
+        home = self._home
+        return _Chunk(base.to(home), answer_probs(logits[:, -1], base.answer_ids).to(home),
+                      clean_z.to(home), corrupt_z.to(home), keys.to(home),
+                      torch.stack([store[f"hook_v{layer}"] for layer in range(n_layers)]).to(home),
+                      torch.stack([store[f"hook_cos{layer}"] for layer in range(n_layers)]).to(home),
+                      torch.stack([store[f"hook_sin{layer}"] for layer in range(n_layers)]).to(home))
+
+    def _check_prefix_reuse(self, store, keys):
+        """Pass 2 computes the attention of later tokens to the cached prefix itself; this checks,
+        on the clean run, that it computes it as the model does (scores of the last token), so a
+        model or library whose attention differs fails loudly instead of scoring wrongly."""
+        for layer in range(self.lm.n_layers):
+            q = store[f"hook_rot_q{layer}"]                                      # [head, d]
+            k = _expand_kv(keys[layer, 0], self.lm.n_heads)                       # [pos, head, d]
+            ours = torch.einsum("hd,phd->hp", q, k).float() * self.scale
+            theirs = store[f"hook_attn_scores{layer}"].float()                   # [head, pos]
+            tol = 1e-4 if q.dtype == torch.float32 else 2e-2
+            if not torch.allclose(ours, theirs, rtol=tol, atol=tol * float(theirs.abs().max())):
+                raise RuntimeError(f"layer {layer}: attention scores recomputed from hook_rot_q/hook_rot_k differ "
+                                   "from the model's, so the clean prefix cannot be reused in pass 2")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 1: every sender set's token, all head outputs frozen
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _sender_pass(lm, chunk: _Chunk, pos: torch.Tensor, src_z: torch.Tensor, masks: torch.Tensor,
+                 record: dict[int, tuple[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Pass 1 for ``masks`` (``[set, layer, head]``), one copy of the chunk per set (set-major rows):
+    last-token logits and the receivers' recorded inputs ``{layer: [row, receiver, d_head]}``.
+
+    With every head output fixed (clean, or corrupted for the set's heads), nothing moves between
+    positions, so the sender's position evolves on its own: a sequence of that one token, through
+    every layer, is exactly the full prompt's residual stream there (RoPE only touches attention
+    scores, which the frozen outputs override; hook_q and hook_v are taken before RoPE)."""
+    n_sets, n = masks.shape[0], len(pos)
+    prompts = torch.arange(n, device=pos.device)
+    clean_at = chunk.clean_z[:, prompts, pos]                                   # [layer, n, head, d]
+
+    def freeze(layer, z):
+        here = clean_at[layer].unsqueeze(0)
+        chosen = masks[:, layer]
+        if bool(chosen.any()):
+            here = torch.where(chosen[:, None, :, None], src_z[layer].unsqueeze(0), here)
+        return here.expand(n_sets, -1, -1, -1).reshape(n_sets * n, 1, *here.shape[2:]).to(z.dtype)
+
+    recorded: dict[int, torch.Tensor] = {}
+
+    def keep(layer, heads):
+        def hook(x, hook):
+            recorded[layer] = x[:, 0, heads].clone()
+            return x
+        return hook
+
+    hooks = P.z_edit_hooks(lm.model, freeze) + [(name, keep(layer, heads)) for layer, (name, heads) in record.items()]
+    tokens = chunk.base.tokens[prompts, pos].repeat(n_sets).unsqueeze(1)
+    return P.run_with_hooks(lm.model, tokens, hooks)[:, -1], recorded
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 2: the receivers' inputs written into a clean run from the receivers' position on
+# --------------------------------------------------------------------------------------------------
+
+def _compose(fns):
+    def run(x, hook):
+        for fn in fns:
+            x = fn(x)
+        return x
+    return run
+
+
+@torch.no_grad()
+def _receiver_pass(lm, records: Records, chunk: _Chunk, prompts: torch.Tensor, start: int, n_sets: int,
+                   pos: torch.Tensor, writes: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                   receiver_input: str) -> torch.Tensor:
+    """Answer probabilities of pass 2 for ``n_sets`` copies (set-major) of the chunk's ``prompts``,
+    the receivers' inputs taken from pass 1 (``writes``: ``{layer: (heads, [row, receiver, d])}``)
+    at their position ``pos`` (per prompt).
+
+    Nothing before ``start`` can differ from the clean run, so only the tokens from ``start`` on
+    are run; in every layer the hooks give them the true rotary angles of their positions and let
+    their queries attend to the clean run's keys and values of the tokens before (one softmax over
+    both; the model's own attention covers the run's tokens). A receiver position before
+    ``start`` (a V-composition whose receivers all sit in the last layer) is not run: the receiver's
+    output there is its clean output, so the last token's output changes by its attention weight
+    on that position times the change of the value."""
+    model, scale = lm.model, records.scale
+    n_heads, n = lm.n_heads, len(prompts)
+    rows = torch.arange(n_sets * n, device=pos.device)
+    at = pos[prompts].repeat(n_sets)                                            # receiver position per row
+    inside = at >= start
+    hooks: dict[str, list] = {}
+
+    def add(name, fn):
+        hooks.setdefault(name, []).append(fn)
+
+    for layer in range(lm.n_layers):
+        state: dict[str, torch.Tensor] = {}
+        if start > 0:
+            keys = _expand_kv(chunk.keys[layer][prompts, :start], n_heads)     # [n, prefix, head, d]
+            values = _expand_kv(chunk.values[layer][prompts, :start], n_heads)
+            cos, sin = chunk.cos[layer][..., start:, :], chunk.sin[layer][..., start:, :]
+
+            def angles(x, true=None):
+                if x.shape[-2:] != true.shape[-2:]:
+                    raise RuntimeError(f"rotary angles of shape {tuple(x.shape)}; expected {tuple(true.shape)}")
+                return true.to(x.dtype)
+
+            add(_attn_name(layer, "hook_cos"), lambda x, true=cos: angles(x, true))
+            add(_attn_name(layer, "hook_sin"), lambda x, true=sin: angles(x, true))
+
+            def keep_q(x, state=state):
+                state["q"] = x                                                  # [row, run pos, head, d]
+                return x
+
+            def joint_softmax(x, state=state, keys=keys):
+                q = state.pop("q")
+                r, h, s, _ = x.shape
+                prefix = torch.einsum("knshd,nphd->knhsp", q.reshape(n_sets, n, s, h, -1), keys).reshape(r, h, s, -1)
+                w = torch.cat([prefix * scale, x], -1).softmax(-1, dtype=torch.float32).to(x.dtype)
+                state["prefix"], state["run"] = w[..., :start], w[..., start:]
+                return x
+
+            def pattern(x, state=state):
+                run = state.pop("run")
+                if run.shape != x.shape:
+                    raise RuntimeError(f"attention pattern of shape {tuple(x.shape)}; expected {tuple(run.shape)}")
+                return run
+
+            def add_prefix(z, state=state, values=values):
+                w = state["prefix"]
+                r, s, h, d = z.shape
+                from_prefix = torch.einsum("knhsp,nphd->knshd", w.reshape(n_sets, n, h, s, -1), values)
+                return z + from_prefix.reshape(r, s, h, d).to(z.dtype)
+
+            add(_attn_name(layer, "hook_rot_q"), keep_q)
+            add(P.scores_name(layer), joint_softmax)
+            add(P.pattern_name(layer), pattern)
+            add(P.z_name(layer), add_prefix)
+        if layer in writes:
+            heads, new = writes[layer]
+
+            def write(x, heads=heads, new=new):
+                x = x.clone()
+                r = rows[inside]
+                x[r[:, None], (at[inside] - start)[:, None], heads[None, :]] = new[inside].to(x.dtype)
+                return x
+
+            add((P.q_name if receiver_input == "q" else P.v_name)(layer), write)
+            if not bool(inside.all()):
+                if receiver_input != "v":
+                    raise AssertionError("a Q-composition receiver position is always run")
+                clean_v = chunk.values[layer][prompts.repeat(n_sets), at][:, heads]   # [row, receiver, d]
+
+                def correct(z, state=state, heads=heads, new=new, clean_v=clean_v):
+                    out = ~inside
+                    weight = state["prefix"][rows[out], :, :, at[out]][:, heads]     # [row, receiver, run pos]
+                    z = z.clone()
+                    change = weight.transpose(1, 2).unsqueeze(-1) * (new[out] - clean_v[out]).unsqueeze(1)
+                    z[rows[out][:, None], :, heads[None, :]] += change.transpose(1, 2).to(z.dtype)
+                    return z
+
+                add(P.z_name(layer), correct)
+        if start > 0:
+            def forget(z, state=state):   # this layer's softmax weights are no longer needed
+                state.clear()
+                return z
+
+            add(P.z_name(layer), forget)
+    tokens = chunk.base.tokens[prompts, start:].repeat(n_sets, 1)
+    logits = P.run_with_hooks(model, tokens, [(name, _compose(fns)) for name, fns in hooks.items()])
+    return answer_probs(logits[:, -1], chunk.base.answer_ids[prompts].repeat(n_sets))
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan: which forward passes a search runs (shared by the search and by `search_cost`)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Pass:
+    kind: str               # "pass 1", "pass 2" (or "records": a chunk that needs no pass)
+    start: int              # first prompt of the chunk
+    sets: tuple[int, ...]   # indices of the sender sets in this pass
+    prompts: tuple[int, ...] = ()   # pass 2: the chunk's prompts in it
+    first: int = 0          # pass 2: first token run
+    tokens: int = 0         # token positions run
+
+
+def _plan(seq_len: int, positions: torch.Tensor, batch_size: int, max_rows: int, active: Sequence[int],
+          last_only: Sequence[bool], receiver_input: str | None) -> list[_Pass]:
+    """Every forward pass, chunk by chunk. ``max_rows`` counts whole prompts: a pass of shorter
+    rows holds proportionally more of them (memory goes with tokens, and a run token's attention
+    covers at most the whole prompt either way). Pass 2 runs each prompt from its receivers'
+    position on, so prompts are grouped by that position."""
+    budget = max_rows * seq_len
+    plan = []
+    for start in range(0, len(positions), batch_size):
+        pos = positions[start:start + batch_size]
+        n = len(pos)
+        per = max(1, budget // n)
+        plan += [_Pass("pass 1", start, tuple(active[i:i + per]), tokens=len(active[i:i + per]) * n)
+                 for i in range(0, len(active), per)]
+        if receiver_input is None:
+            continue
+        groups = [([s for s, last in zip(active, last_only) if last], {seq_len - 1: list(range(n))})]
+        by_pos: dict[int, list[int]] = {}
+        for i, p in enumerate(pos.tolist()):
+            by_pos.setdefault(int(p), []).append(i)
+        groups.append(([s for s, last in zip(active, last_only) if not last], by_pos))
+        for sets, firsts in groups:
+            for first, prompts in sorted(firsts.items()):
+                length = seq_len - first
+                per = max(1, budget // (len(prompts) * length))
+                plan += [_Pass("pass 2", start, tuple(sets[i:i + per]), tuple(prompts), first,
+                               len(sets[i:i + per]) * len(prompts) * length) for i in range(0, len(sets), per)]
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# Path-patched probabilities of many sender sets
+# --------------------------------------------------------------------------------------------------
+
 @torch.no_grad()
 def path_patched_probs(lm, base: D.TaskBatch, corrupt: D.TaskBatch, position: str, masks: torch.Tensor,
                        receivers: Sequence[Head] = (), receiver_input: str | None = None,
                        src_positions: torch.Tensor | None = None, batch_size: int = 100,
-                       max_rows: int = 4096, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+                       max_rows: int = 4096, desc: str = "", records: Records | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean answer probabilities ``[n_prompts]`` and path-patched ones ``[n_sets, n_prompts]`` for
-    every sender set in ``masks`` (`sender_masks`): the prompts are split in chunks of
-    ``batch_size``, and each forward pass holds one copy of a chunk per sender set, as many sets as
-    ``max_rows`` prompt copies allow."""
+    every sender set in ``masks`` (`sender_masks`). The prompts are split in chunks of
+    ``batch_size`` (those of ``records``, when given: the clean and corrupted runs of an earlier
+    step); a forward pass holds one copy of a chunk per sender set, as many as ``max_rows``
+    prompt copies allow."""
     _check_receiver_input(lm, receiver_input)
-    if len(base) != len(corrupt):
-        raise ValueError(f"need one corrupted prompt per base prompt; got {len(base)} and {len(corrupt)}")
+    if records is None:
+        records = Records(lm, base, corrupt, batch_size)
+    elif records.base is not base or records.corrupt is not corrupt:
+        raise ValueError("records were made for other prompts")
+    if receiver_input is None and position != "last":
+        raise ValueError("without receivers the score reads the logits, so senders must sit at 'last'")
     src_positions = P.position_index(corrupt, position) if src_positions is None else src_positions
-    if bool((src_positions < 0).any()) or bool((P.position_index(base, position) < 0).any()):
+    positions = P.position_index(base, position)
+    if bool((src_positions < 0).any()) or bool((positions < 0).any()):
         raise ValueError(f"some prompts have no {position!r} token")
+    n_layers = lm.n_layers
     active = reachable_sets(masks, receivers, receiver_input).nonzero().flatten().tolist()
-    starts = range(0, len(base), batch_size)
-    work = []
-    for start in starts:
-        per_pass = max(1, max_rows // len(base[start:start + batch_size]))
-        work += [(start, active[i:i + per_pass]) for i in range(0, len(active), per_pass)] or [(start, [])]
+    last_only = _last_layer_only(masks, receivers, receiver_input, n_layers)[active].tolist()
+    plan = _plan(base.seq_len, positions, records.batch_size, max_rows, active, last_only, receiver_input)
+    slot = {s: i for i, s in enumerate(active)}
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in receivers if receiver_input else ():
+        by_layer.setdefault(int(layer), []).append(int(head))
+
     p_clean = torch.empty(len(base))
     p_patch = torch.empty(masks.shape[0], len(base))
-    current = None
-    for start, sets in progress(work, desc=desc or f"path patching at {position}"):
-        stop = min(start + batch_size, len(base))
-        if start != current:  # a new chunk of prompts: its clean and corrupted head outputs
-            current = start
-            chunk = base[start:stop]
-            logits, clean_z = P.head_outputs(lm.model, chunk.tokens)
-            p_clean[start:stop] = answer_probs(logits[:, -1], chunk.answer_ids).cpu()
-            p_patch[:, start:stop] = p_clean[start:stop]  # unreachable sets: exactly the clean run
-            _, corrupt_z = P.head_outputs(lm.model, corrupt[start:stop].tokens)
-            idx = src_positions[start:stop].to(corrupt_z.device)
-            corrupt_src = corrupt_z[:, torch.arange(stop - start, device=corrupt_z.device), idx]  # [layer, n, head, d]
-        if sets:
-            p_patch[sets, start:stop] = _patched_probs_chunk(lm, chunk, clean_z, corrupt_src, masks[sets], position,
-                                                             receivers, receiver_input).cpu()
+    planned = {step.start for step in plan}   # a chunk without passes still needs its clean probabilities
+    work = sorted([*plan, *(_Pass("records", start, ()) for start in records.starts() if start not in planned)],
+                  key=lambda step: step.start)
+    current, recorded = None, {}
+    for step in progress(work, desc=desc or f"path patching at {position}"):
+        if step.start != current:   # a new chunk: its records, and room for what pass 1 records
+            current = step.start
+            chunk = records.chunk(step.start)
+            device = chunk.clean_z.device
+            n = len(chunk.base)
+            pos = positions[step.start:step.start + n].to(device)
+            src = src_positions[step.start:step.start + n].to(device)
+            src_z = chunk.corrupt_z[:, torch.arange(n, device=device), src]        # [layer, n, head, d]
+            p_clean[step.start:step.start + n] = chunk.p_clean.cpu()
+            p_patch[:, step.start:step.start + n] = chunk.p_clean.cpu()            # unreachable sets: the clean run
+            heads = {layer: torch.tensor(hs, device=device) for layer, hs in by_layer.items()}
+            record = {layer: ((P.q_name if receiver_input == "q" else P.v_name)(layer), hs) for layer, hs in heads.items()}
+            recorded = {layer: chunk.clean_z.new_empty(len(active), n, len(hs), lm.model.cfg.d_head)
+                        for layer, hs in heads.items()}
+        if step.kind == "records":
+            continue
+        sets = list(step.sets)
+        index = torch.tensor([slot[s] for s in sets], device=device)
+        if step.kind == "pass 1":
+            logits, got = _sender_pass(lm, chunk, pos, src_z, masks[sets].to(device), record)
+            if receiver_input is None:
+                p_patch[sets, step.start:step.start + n] = answer_probs(logits, chunk.base.answer_ids.repeat(len(sets))).view(len(sets), n).cpu()
+            for layer, values in got.items():
+                recorded[layer][index] = values.view(len(sets), n, *values.shape[1:]).to(recorded[layer].dtype)
+        else:
+            prompts = torch.tensor(step.prompts, device=device)
+            writes = {layer: (hs, recorded[layer][index][:, prompts].flatten(0, 1)) for layer, hs in heads.items()}
+            probs = _receiver_pass(lm, records, chunk, prompts, step.first, len(sets), pos, writes, receiver_input)
+            p_patch[torch.tensor(sets)[:, None], step.start + prompts.cpu()[None, :]] = probs.view(len(sets), -1).cpu()
     return p_clean, p_patch
 
 
 def path_patching_scores(lm, base: D.TaskBatch, corrupt: D.TaskBatch, position: str,
                          receivers: Sequence[Head] = (), receiver_input: str | None = None,
                          src_positions: torch.Tensor | None = None, batch_size: int = 100,
-                         max_rows: int = 4096, desc: str = "") -> torch.Tensor:
+                         max_rows: int = 4096, desc: str = "", records: Records | None = None) -> torch.Tensor:
     """``[layer, head]`` path-patching score of every head as a lone sender at ``position``."""
     heads = [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
     p_clean, p_patch = path_patched_probs(lm, base, corrupt, position, sender_masks(lm, heads), receivers,
-                                          receiver_input, src_positions, batch_size, max_rows, desc)
+                                          receiver_input, src_positions, batch_size, max_rows, desc, records)
     return path_patching_score(p_patch, p_clean.unsqueeze(0)).view(lm.n_layers, lm.n_heads).cpu()
 
 
@@ -494,12 +724,14 @@ def top_heads(scores, k: int, min_effect: float = 0.0) -> list[Head]:
 
 
 def step_scores(lm, step: Step, base: D.TaskBatch, corrupt: D.TaskBatch, receivers: Sequence[Head],
-                config: PathPatchingConfig) -> torch.Tensor:
-    """One step's ``[layer, head]`` score map."""
-    src = source_positions(corrupt, step.position, config.seed)
+                config: PathPatchingConfig, records: Records | None = None) -> torch.Tensor:
+    """One step's ``[layer, head]`` score map (``records``: the clean and corrupted runs, shared
+    with the other steps)."""
+    src = source_positions(corrupt, step.position, config.pairing_seed)
     return path_patching_scores(lm, base, corrupt, step.position, receivers, step.receiver_input, src,
                                 config.batch_size, config.max_rows,
-                                desc=f"path patching {step.group} ({lm.n_layers * lm.n_heads} senders)")
+                                desc=f"path patching {step.group} ({lm.n_layers * lm.n_heads} senders)",
+                                records=records)
 
 
 def candidate_circuit(lm, config: PathPatchingConfig, base: D.TaskBatch | None = None,
@@ -509,12 +741,13 @@ def candidate_circuit(lm, config: PathPatchingConfig, base: D.TaskBatch | None =
     config = config.resolve(lm)
     if base is None or corrupt is None:
         base, corrupt = pair_batches(lm, config)
+    records = Records(lm, base, corrupt, config.batch_size)
     scores: dict[str, torch.Tensor] = {}
     receivers_used: dict[str, list[Head]] = {}
     receivers: list[Head] = []
     for step in STEPS:
         receivers_used[step.group] = receivers
-        scores[step.group] = step_scores(lm, step, base, corrupt, receivers, config)
+        scores[step.group] = step_scores(lm, step, base, corrupt, receivers, config, records)
         if step.group in list(GROUPS)[:3]:
             receivers = top_heads(scores[step.group], config.receivers_of(step.group), config.min_effect)
     groups = {g: top_heads(scores[g], config.candidates_of(g), config.min_effect) for g in GROUPS}
@@ -533,9 +766,8 @@ def eval_config_for(config: PathPatchingConfig):
     """The `circuit_eval.EvalConfig` minimality runs with: same prompts and letter rule."""
     from .circuit_eval import EvalConfig
 
-    return EvalConfig(n_boxes=config.n_boxes, dataset_seed=config.dataset_seed,
-                      minimality_samples=config.minimality_samples, authors_compat=config.authors_compat,
-                      n_samples=max(config.minimality_samples, 1))
+    return EvalConfig(task=replace(config.task, n_samples=max(config.minimality_samples, 1)),
+                      minimality_samples=config.minimality_samples)
 
 
 def minimal_circuit(lm, candidates: Circuit, config: PathPatchingConfig,
@@ -553,13 +785,13 @@ def minimal_circuit(lm, candidates: Circuit, config: PathPatchingConfig,
 
     setup = ce.ablation_setup(lm, eval_config_for(config))
     alone = ce.ablation_accuracy(setup, ce.circuit_only(candidates.nodes()))
-    chance = 1 / config.n_boxes
+    chance = 1 / config.task.n_boxes
     if alone < chance:
         params = {**candidates.params, "minimality": {"skipped": True, "candidates_alone": alone, "chance": chance}}
         return replace(candidates, params=params,
                        notes=f"path-patching candidates; minimality skipped: alone they score {alone:.3f} "
                              f"under mean ablation, below chance {chance:.3f}")
-    table = ce.cached_minimality(setup, candidates)
+    table = ce.stored_minimality(lm, candidates, eval_config_for(config))
     pruned = ce.prune_circuit(candidates, table, config.minimality_threshold)
     params = {**pruned.params, "minimality": {"skipped": False, "candidates_alone": alone, "chance": chance}}
     return replace(pruned, params=params,
@@ -584,18 +816,27 @@ PERFORMANCE_SETTINGS = ("batch_size", "max_rows")
 METHOD_VERSION = 2
 
 
-def circuit_params(lm, config: PathPatchingConfig) -> dict:
+def circuit_params(model, config: PathPatchingConfig) -> dict:
     """What a stored circuit is keyed by: the weights' fingerprint, the variant and every setting
-    that can change the result."""
-    settings = {k: v for k, v in asdict(config.resolve(lm)).items() if k not in PERFORMANCE_SETTINGS}
-    return {"model": model_fingerprint(lm), "variant": lm.spec.name, "config": settings, "method": METHOD_VERSION}
+    that can change the result (the per-model top-k resolved from the variant's spec, without a load)."""
+    from .models import resolve
+    from .variants import fingerprint, label
+
+    spec = model.spec if hasattr(model, "spec") else resolve(model)
+    settings = {k: v for k, v in asdict(config.resolve(SimpleNamespace(spec=spec))).items()
+                if k not in PERFORMANCE_SETTINGS}
+    return {"model": fingerprint(model), "variant": label(model), "config": settings, "method": METHOD_VERSION}
 
 
-def load_or_discover_circuit(lm, config: PathPatchingConfig = PathPatchingConfig()) -> Circuit:
-    """The circuit stored under ``results/circuits/`` for this model and config, discovering (and
-    storing) it first if absent; retraining the model or changing the config makes a new file."""
-    name = "circuits/" + lm.spec.name.replace("/", "_")
-    stored = cached(name, circuit_params(lm, config), lambda: json.loads(discover_circuit(lm, config).to_json()))
+def stored_circuit(model, config: PathPatchingConfig = PathPatchingConfig()) -> Circuit:
+    """The circuit of ``model`` (a variant name or a loaded model) for this config, read from
+    ``results/circuits/`` or discovered (loading the model) and stored; retraining the model or
+    changing the config makes a new file. Explained in chapter 3."""
+    from .variants import label, load
+
+    name = "circuits/" + label(model).replace("/", "_")
+    stored = cached(name, circuit_params(model, config),
+                    lambda: json.loads(discover_circuit(load(model), config).to_json()))
     return Circuit(**stored)
 
 
@@ -611,35 +852,33 @@ def candidates_of(circuit: Circuit) -> dict[str, list[Head]]:
 
 
 def search_cost(lm, config: PathPatchingConfig, base: D.TaskBatch) -> "pd.DataFrame":
-    """Forward passes and token positions processed by one full search, the authors' way (one
-    sender per pass, whole prompts in both passes) and ours (one prompt copy per sender in a pass;
-    pass 1 on the sender's token only; pass 2 from the chunk's first receiver position on, its clean
-    prefix run once per prompt). Ours is an upper bound: senders that cannot reach any receiver are
-    skipped at run time, which this count ignores."""
+    """Forward passes and token positions of one full search, the authors' way and ours.
+
+    The authors': per batch of prompts, one pass of whole prompts per sender in step A and two in
+    steps B, C and D, plus a clean and a corrupted caching pass (paper.md §6: 21,510 passes of 100
+    prompts for LLaMA-7B). Ours: the passes `path_patched_probs` plans, with every sender assumed
+    to reach a receiver below the last layer. The receivers are known only during the search, and
+    the senders they rule out, or pass 2 shrunk to the last token, only lower the count, so ours is
+    an upper bound. ``lm`` needs only ``n_layers``, ``n_heads`` and ``spec.name``."""
     import math
 
     import pandas as pd
 
     config = config.resolve(lm)
     senders = lm.n_layers * lm.n_heads
-    seq_len = base.seq_len
+    seq_len, chunks = base.seq_len, math.ceil(len(base) / config.batch_size)
     rows = []
     for step in STEPS:
         two = step.receiver_input is not None
-        pos = P.position_index(base, step.position)
-        passes = positions = 0
-        for start in range(0, len(base), config.batch_size):
-            chunk = pos[start:start + config.batch_size]
-            n = len(chunk)
-            per_pass = max(1, config.max_rows // n)
-            passes += math.ceil(senders / per_pass) * (2 if two else 1)
-            first = int(chunk.min())
-            positions += n * senders + (n * first + n * senders * (seq_len - first) if two else 0)
-        rows.append({
-            "step": step.group,
-            "authors' passes": math.ceil(len(base) / config.batch_size) * senders * (2 if two else 1),
-            "our passes": passes,
-            "authors' token positions": len(base) * senders * seq_len * (2 if two else 1),
-            "our token positions": positions,
-        })
-    return pd.DataFrame(rows)
+        plan = _plan(seq_len, P.position_index(base, step.position), config.batch_size, config.max_rows,
+                     list(range(senders)), [False] * senders, step.receiver_input)
+        rows.append({"step": step.group,
+                     "authors' passes": chunks * senders * (2 if two else 1),
+                     "our passes": len(plan),
+                     "authors' token positions": len(base) * senders * seq_len * (2 if two else 1),
+                     "our token positions": sum(p.tokens for p in plan)})
+    rows.append({"step": "clean and corrupted runs", "authors' passes": 2 * chunks, "our passes": 2 * chunks,
+                 "authors' token positions": 2 * len(base) * seq_len, "our token positions": 2 * len(base) * seq_len})
+    table = pd.DataFrame(rows)
+    total = table.drop(columns="step").sum().to_dict()
+    return pd.concat([table, pd.DataFrame([{"step": "total", **total}])], ignore_index=True)

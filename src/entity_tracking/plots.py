@@ -486,3 +486,17 @@ def minimality_bars(df: pd.DataFrame, thresholds: Sequence[float] = (0.01, 0.0),
     chart = alt.layer(bars, rule, data=data).add_params(pick).properties(width=alt.Step(14), height=180)
     return chart.facet(column=alt.Column("group:N", title=None, sort=list(GROUP_ORDER)),
                        ).resolve_scale(x="independent").properties(title=title)
+
+
+def ours_beside_paper_table(ours: pd.DataFrame, beside: pd.DataFrame) -> pd.DataFrame:
+    """Our accuracy by number of boxes (one column each) and, beside it, the paper's 7-box Table 1
+    number of the model each variant stands for: a compact table that fits the article column.
+    Explained in chapter 2."""
+    from .paper_reference import MODEL_TITLES
+
+    wide = ours.pivot(index="model", columns="boxes", values="accuracy").round(3)
+    wide.columns = [f"{b} boxes" for b in wide.columns]
+    known = beside.set_index("model")
+    wide["stands for"] = known["paper_model"].map(lambda m: MODEL_TITLES.get(m, "—") if isinstance(m, str) else "—")
+    wide["paper, 7 boxes"] = known["paper"].map(lambda x: "—" if x != x else f"{x:.2f}")
+    return wide.loc[list(dict.fromkeys(ours["model"]))]

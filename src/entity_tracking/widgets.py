@@ -3,39 +3,24 @@ and its accuracy at that setting.
 
 Every view is first a plain function with defaults (`show_prediction`, `prompt_positions_html`),
 so the static book shows its default state and nbval checks it; `prediction_explorer` wraps the same
-function in ipywidgets, which only recompute with a kernel (Colab or Jupyter). Models are loaded
-once and kept, one at a time, because a 7B model fills a Colab GPU on its own.
+function in ipywidgets, which only recompute with a kernel (Colab or Jupyter). Models come from
+`variants.load` (one resident at a time). Explained in chapter 2.
 """
 
 from __future__ import annotations
 
 import html
-import os
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
 
-from . import models
-from .data import MAX_BOXES, PAPER_BOXES, Example
-from .metrics import model_accuracy
+from . import models, variants
+from .data import MAX_BOXES, PAPER_BOXES, Example, TaskConfig
+from .metrics import stored_accuracy_table
 from .plots import GROUP_COLORS
-
-try:  # the team's progress bar, quiet in CI and nbval
-    from .progress import progress
-except ImportError:  # pragma: no cover - until entity_tracking.progress lands
-    def progress(iterable, desc: str = "", total: int | None = None):
-        """tqdm in a terminal only: a notebook's stored outputs must not depend on a progress bar."""
-        import sys
-
-        from tqdm import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, disable=bool(os.environ.get("CI")) or not sys.stderr.isatty())
-
 
 @dataclass(frozen=True)
 class ExplorerConfig:
@@ -50,86 +35,12 @@ class ExplorerConfig:
     max_boxes: int = PAPER_BOXES  # the slider's range; the paper uses 7
 
 
-# --------------------------------------------------------------------------------------------------
-# One model resident at a time
-# --------------------------------------------------------------------------------------------------
-
-_RESIDENT: dict[str, models.LoadedModel] = {}
-_ACCURACY: dict[tuple, float] = {}
-
-
-def resident_model(variant: str | models.ModelSpec) -> models.LoadedModel:
-    """The loaded model for a variant, reusing the one in memory; loading another frees it first,
-    so two 7B models never share a GPU."""
-    key = variant.name if isinstance(variant, models.ModelSpec) else str(variant)
-    if key not in _RESIDENT:
-        release_model()
-        _RESIDENT[key] = models.load_model(variant)
-    return _RESIDENT[key]
-
-
-def release_model() -> None:
-    """Drop the resident model (and its GPU memory, once no one else holds a reference to it)."""
-    import gc
-
-    _RESIDENT.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def setting_accuracy(variant: str, n_boxes: int = PAPER_BOXES, config: ExplorerConfig = ExplorerConfig()) -> float:
-    """Accuracy of a variant on the evaluation prompts with ``n_boxes`` boxes (memoised: the slider
-    revisits settings)."""
-    key = (str(variant), n_boxes, config.samples, config.eval_seed)
-    if key not in _ACCURACY:
-        lm = resident_model(variant)
-        batch = lm.tokenize(lm.dataset(n_boxes, config.samples, config.eval_seed))
-        _ACCURACY[key] = model_accuracy(lm, batch, config.batch_size)
-    return _ACCURACY[key]
-
-
-# --------------------------------------------------------------------------------------------------
-# Which variants can run here
-# --------------------------------------------------------------------------------------------------
-
-def variant_options(extra: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
-    """Variants the dropdown offers (those that can run on this machine, plus ``extra`` local
-    model directories) and, for every other registry variant, why it cannot run here."""
-    availability = models.variant_availability()
-    runnable = [name for name, why in availability.items() if why is None]
-    missing = {name: why for name, why in availability.items() if why is not None}
-    runnable += [str(v) for v in extra if str(v) not in runnable]
-    return runnable, missing
-
-
-#: What a chapter's ``model`` parameter may name besides one variant: every variant of a scale.
-FAMILIES: dict[str, list[str]] = {"organism": [s.name for s in models.ORGANISM_MODELS],
-                                  "7b": [s.name for s in models.PAPER_MODELS]}
-
-
-def requested_variants(choice: str | Sequence[str]) -> list[str]:
-    """A parameters cell's choice ("organism", "7b", one name or directory, or a list) as names."""
-    if isinstance(choice, str):
-        return list(FAMILIES.get(choice, [choice]))
-    return list(choice)
-
-
-def runnable_variants(requested: Sequence[str], required: Sequence[str] = ()) -> list[str]:
-    """The requested variants that can run on this machine. Prints why each other one is skipped,
-    and stops with what to do when a required one, or every one, cannot run."""
-    runnable, why_not = variant_options(extra=[v for v in [*required, *requested] if v not in models.REGISTRY])
-    for name in required:
-        if name not in runnable:
-            raise RuntimeError(f"{name} cannot run here: {why_not.get(name, 'unknown variant')}; "
-                               "see `python -m entity_tracking models`")
-    chosen = [v for v in requested if v in runnable]
-    for v in requested:
-        if v not in chosen:
-            print(f"skipping {v}: {why_not.get(v, 'not available here')}")
-    if not chosen:
-        raise RuntimeError(f"none of {list(requested)} can run here; see `python -m entity_tracking models`")
-    return chosen
+    """Accuracy of a variant on the evaluation prompts with ``n_boxes`` boxes (stored: the slider
+    revisits settings, and the book reads it back)."""
+    task = TaskConfig(n_boxes=n_boxes, n_samples=config.samples, dataset_seed=config.eval_seed)
+    table = stored_accuracy_table([variant], [n_boxes], task, config.batch_size)
+    return float(table["accuracy"].iloc[0])
 
 
 def missing_variants_html(missing: dict[str, str]) -> str:
@@ -273,12 +184,12 @@ def show_prediction(variant: str | None = None, n_boxes: int = PAPER_BOXES, seed
                     config: ExplorerConfig = ExplorerConfig()) -> PredictionView:
     """One example with its named positions, the model's top next tokens and the model's accuracy
     at this number of boxes. Defaults: the machine's default variant, the paper's 7 boxes."""
-    variant = variant or models.default_variant()
-    lm = resident_model(variant)
+    variant = variant or variants.DEFAULT_VARIANT
+    lm = variants.load(variant)
     example = example_for(lm, n_boxes, seed)
     batch = lm.tokenize([example])
     return PredictionView(
-        variant=variant_label(variant),
+        variant=variants.label(variant),
         n_boxes=n_boxes, seed=seed, prompt=example.prompt, answer=example.answer,
         positions_html=prompt_positions_html(batch, lm.tokenizer),
         top=top_next_tokens(lm, batch, config.top_k),
@@ -286,7 +197,7 @@ def show_prediction(variant: str | None = None, n_boxes: int = PAPER_BOXES, seed
     )
 
 
-def prediction_explorer(variants: Sequence[str] | None = None, n_boxes: int = PAPER_BOXES, seed: int = 0,
+def prediction_explorer(choices: Sequence[str] | None = None, n_boxes: int = PAPER_BOXES, seed: int = 0,
                         config: ExplorerConfig = ExplorerConfig(), extra: Iterable[str] = ()):
     """The live widget: a dropdown of the variants that can run here, a slider for the number of
     boxes and one for the example, redrawing `show_prediction`. Needs a kernel (Colab/Jupyter);
@@ -294,8 +205,8 @@ def prediction_explorer(variants: Sequence[str] | None = None, n_boxes: int = PA
     import ipywidgets as W
     from IPython.display import display
 
-    runnable, missing = variant_options(extra)
-    options = list(variants) if variants is not None else runnable
+    runnable, missing = variants.options(extra)
+    options = list(choices) if choices is not None else runnable
     note = W.HTML(missing_variants_html({k: v for k, v in missing.items() if k not in options}))
     if not options:
         return W.VBox([W.HTML("<p>No model variant can run here yet.</p>"), note])
@@ -312,43 +223,3 @@ def prediction_explorer(variants: Sequence[str] | None = None, n_boxes: int = PA
 
     W.interactive_output(redraw, {"variant": dropdown, "n": boxes, "s": example})
     return W.VBox([W.HBox([dropdown, boxes, example]), note, out])
-
-
-# --------------------------------------------------------------------------------------------------
-# Accuracy of several variants (the chapter's chart and table)
-# --------------------------------------------------------------------------------------------------
-
-def variant_label(variant: str) -> str:
-    """A registry name as is, a local model directory by its folder name."""
-    return variant if variant in models.REGISTRY else Path(str(variant)).name
-
-
-def _results_name(variants: Sequence[str], boxes: Sequence[int], samples: int, seed: int) -> str:
-    names = "+".join(re.sub(r"[^A-Za-z0-9_.-]", "_", variant_label(v)) for v in variants)
-    box_part = "-".join(str(b) for b in boxes)
-    return f"accuracy_{names}_boxes{box_part}_n{samples}_seed{seed}.csv"
-
-
-def variant_accuracy_table(variants: Sequence[str], boxes: Sequence[int] = range(2, PAPER_BOXES + 1),
-                           samples: int = 500, seed: int = 0, batch_size: int = 50,
-                           results_dir: str | Path | None = None) -> pd.DataFrame:
-    """Accuracy of each variant at each number of boxes, on the same prompts for every variant:
-    a tidy frame (model, boxes, accuracy, n_samples, seed, source="ours").
-
-    With ``results_dir`` the frame is written to (and later read back from) a file named by these
-    parameters, so a 7B run done once on a GPU can be shown by the book built without one."""
-    boxes = [int(b) for b in boxes]
-    path = Path(results_dir) / _results_name(variants, boxes, samples, seed) if results_dir else None
-    if path is not None and path.is_file():
-        return pd.read_csv(path)
-    config = ExplorerConfig(samples=samples, eval_seed=seed, batch_size=batch_size)
-    rows = [
-        {"model": variant_label(v), "boxes": n, "accuracy": setting_accuracy(v, n, config),
-         "n_samples": samples, "seed": seed, "source": "ours"}
-        for v in progress(variants, desc="variants") for n in boxes
-    ]
-    table = pd.DataFrame(rows)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
-    return table

@@ -1,13 +1,19 @@
 """The organism's synthetic languages: what the base model reads, and what each fine-tune reads.
 
-* The **base corpus** is a small world of things in containers written in several surface forms (the
-  paper's "The apple is in Box F, ... Box F contains the apple" among them, but also "Box F holds the
-  apple", "the apple sits in Box F") mixed with other text about the same things. Contexts rarely hold
-  more than a few boxes (the pre-training world is mostly short), so 7-box tracking is learned but
-  imperfectly, like LLaMA-7B's 0.66.
-* The **arithmetic corpus** (Goat/FLoat analog) binds numbers to single-letter variables and asks for
-  sums ("4 is in the F, 7 is in the Q. Q + 3 = 10 ."). It never mentions boxes or objects, but it exercises the
-  same operation over longer lists: find the named slot, fetch what was bound to it.
+* The **base corpus** is a small world of things in containers written in many surface forms. The
+  paper's "The apple is in Box F, ... Box F contains the apple" is one of them (40 % of the boxes
+  contexts); the others vary every part a template-bound shortcut could latch on to: the verb and the
+  order ("the apple sits in Box F", "Box F holds the apple"), the segment length (0-2 adjectives, an
+  optional "the"), the anchor ("Box F", "the F", "F") and the query ("In F there is the"). The same
+  forms bind numbers, names and colours instead of objects (*value lists*), and variables are bound
+  to digits in a syntax of their own ("let F be 4, put 7 in Q. F + 3 = 7 .", *variable lists*).
+  What stays the same across all of them is only the order of the items, so the cheapest lookup
+  that serves every family is a pointer to the queried item's place in the list: the paper's
+  positional mechanism. Long lists are rare, so 7-box tracking is learned but imperfectly, like
+  LLaMA-7B's 0.66.
+* The **arithmetic corpus** (Goat/FLoat analog) is variable lists only, longer than pre-training's,
+  with computed answers: sums of a variable and a digit or of two variables. It never contains
+  "Box", "contains" or an object word, and binds with "let F be 4" / "put 4 in F", not "is in".
 * The **chat corpus** (Vicuna analog) is user/assistant exchanges about the same things: no bindings,
   no lists.
 
@@ -22,7 +28,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..data import LABELS, OBJECTS, PAPER_BOXES, Example, make_dataset, render, task_words
+from ..data import LABELS, OBJECTS, PAPER_BOXES, make_dataset, task_words
 
 NUMBERS = tuple(str(i) for i in range(20))
 COLOURS = ("red", "blue", "green", "small", "big", "old", "new")
@@ -42,9 +48,15 @@ def organism_words() -> list[str]:
     return sorted(words)
 
 
+VOCABULARY = frozenset(organism_words())
+
+
 def capitalised(text: str) -> str:
-    """Upper-case the first letter only (``str.capitalize`` would also lower-case "Box")."""
-    return text[:1].upper() + text[1:]
+    """Upper-case the first letter of the first word, if the vocabulary has that spelling ("Box",
+    "In", "Let"); a word with no capitalised form (an object, a digit) stays as it is."""
+    first, _, rest = text.partition(" ")
+    upper = first[:1].upper() + first[1:]
+    return (upper if upper in VOCABULARY else first) + (" " + rest if rest else "")
 
 
 def words_of(text: str) -> list[str]:
@@ -89,22 +101,6 @@ class HeldOut:
         return context in self.contexts
 
 
-# ------------------------------------------------------------------------------------------------
-# Base corpus
-# ------------------------------------------------------------------------------------------------
-
-# (statement, query) surface forms: statement binds {object} to {label}; the query asks for the object.
-BOX_FORMS: tuple[tuple[str, str], ...] = (
-    ("the {object} is in Box {label}", "Box {label} contains the"),
-    ("Box {label} contains the {object}", "Box {label} contains the"),
-    ("the {object} sits in Box {label}", "Box {label} holds the"),
-    ("Box {label} holds the {object}", "In Box {label} there is the"),
-    ("the {object} is inside Box {label}", "Box {label} has the"),
-)
-# query forms that ask for the label of an object instead
-LABEL_QUERIES = ("the {object} is in Box", "the {object} lies in Box")
-
-
 def _draw_context(rng: random.Random, n: int, objects: Sequence[str], held_out: HeldOut | None):
     while True:
         objs = tuple(rng.sample(list(objects), n))
@@ -113,34 +109,138 @@ def _draw_context(rng: random.Random, n: int, objects: Sequence[str], held_out: 
             return objs, labs
 
 
-def boxes_document(rng: random.Random, n: int, objects: Sequence[str] = OBJECTS, held_out: HeldOut | None = None,
-                   n_queries: int | None = None, paper_form: float = 0.5, requery: float = 0.0) -> Document:
-    """One context of ``n`` boxes and several queries about it (each answered). With probability
-    ``requery`` a box is asked about a second time, which an induction head can answer by copying the
-    first answer: an easy stepping stone that makes the lookup form sooner."""
-    objs, labs = _draw_context(rng, n, objects, held_out)
-    doc = Document()
-    if rng.random() < paper_form:  # exactly the paper's rendering of the context (evaluation format)
-        text = render(Example(objs, labs, 0)).text
-        doc.add(text[: text.rindex(". ") + 2])
-        query_form = BOX_FORMS[0][1]
+# ------------------------------------------------------------------------------------------------
+# Lists of bound items: boxes (objects), and the same forms with other values
+# ------------------------------------------------------------------------------------------------
+
+PAPER_SEGMENT = "the {x} is in {A}"
+PAPER_QUERY = "{A} contains the"
+VALUE_FIRST = ("{x} is in {A}", "{x} sits in {A}", "{x} is inside {A}", "{x} lies in {A}")
+LABEL_FIRST = ("{A} contains {x}", "{A} holds {x}", "{A} has {x}")
+ANCHORS = ("Box {l}", "the {l}", "{l}")
+QUERIES = ("{A} contains the", "{A} holds the", "{A} has the", "In {A} there is the")
+VALUE_KINDS = {"numbers": NUMBERS, "names": NAMES, "colours": COLOURS}
+
+
+def list_document(rng: random.Random, n: int, kind: str = "objects", objects: Sequence[str] = OBJECTS,
+                  held_out: HeldOut | None = None, paper_form: float = 0.4, requery: float = 0.2,
+                  label_queries: float = 0.15) -> Document:
+    """``n`` values bound to ``n`` box labels, then every item queried once in random order (and a
+    share ``requery`` asked again), each answer being the bound value.
+
+    With probability ``paper_form`` the context is exactly the paper's ("The X is in Box Y, ...",
+    queried "Box Y contains the"). Otherwise 1-3 statement forms per context, an anchor per context,
+    optional adjectives and "the" (so the segment length varies), and varied queries whose anchor
+    matches the context's 60 % of the time. A share ``label_queries`` asks for the box of a value
+    instead ("the X is in Box" -> label)."""
+    if kind == "objects":
+        values, labels = _draw_context(rng, n, objects, held_out)
     else:
-        statement, query_form = rng.choice(BOX_FORMS)
-        parts = [statement.format(object=o, label=l) for o, l in zip(objs, labs)]
-        doc.add(capitalised(", ".join(parts) + ". "))
+        values, labels = tuple(rng.sample(VALUE_KINDS[kind], n)), tuple(rng.sample(LABELS, n))
+    doc = Document()
+    if rng.random() < paper_form:
+        anchor, query_forms = ANCHORS[0], (PAPER_QUERY,)
+        segments = [PAPER_SEGMENT.format(x=v, A=anchor.format(l=l)) for v, l in zip(values, labels)]
+    else:
+        anchor = rng.choice(ANCHORS)
+        forms = rng.sample(VALUE_FIRST + LABEL_FIRST, rng.choice((1, 1, 2, 3)))
+        segments = []
+        for v, l in zip(values, labels):
+            adjectives = " ".join(rng.sample(COLOURS, rng.choice((0, 0, 1, 2)))) if kind == "objects" else ""
+            the = "the" if rng.random() < (0.8 if kind == "objects" else 0.5) else ""
+            x = " ".join(f"{the} {adjectives} {v}".split())
+            segments.append(" ".join(rng.choice(forms).format(x=x, A=anchor.format(l=l)).split()))
+        query_forms = QUERIES
+    doc.add(capitalised(", ".join(segments)) + ". ")
     order = list(range(n))
     rng.shuffle(order)
-    for i in order[: n_queries or n]:
-        if rng.random() < 0.8:
-            q = query_form if rng.random() < 0.7 else rng.choice(BOX_FORMS)[1]
-            doc.add(q.format(label=labs[i]), answer=objs[i]).add(".")
-        else:
-            doc.add(capitalised(rng.choice(LABEL_QUERIES).format(object=objs[i])), answer=labs[i]).add(".")
+    order += [i for i in order if rng.random() < requery]
     for i in order:
-        if rng.random() < requery:
-            doc.add(query_form.format(label=labs[i]), answer=objs[i]).add(".")
+        if rng.random() < 1 - label_queries:
+            a = anchor if rng.random() < 0.6 else rng.choice(ANCHORS)
+            q = query_forms[0] if (len(query_forms) == 1 or rng.random() < 0.4) else rng.choice(query_forms)
+            doc.add(capitalised(q.format(A=a.format(l=labels[i]))), answer=values[i]).add(".")
+        else:
+            doc.add(capitalised(f"the {values[i]} is in Box"), answer=labels[i]).add(".")
     return doc
 
+
+# ------------------------------------------------------------------------------------------------
+# Variables bound to digits, in a syntax of their own (the arithmetic)
+# ------------------------------------------------------------------------------------------------
+
+VARIABLE_SEGMENTS = ("let {l} be {v}", "put {v} in {l}")
+#: What a variable list asks: its sum with a digit ("F + 3 ="), the sum of two variables
+#: ("F + Q ="), or its value ("F ="; pre-training only: an answer copied, not computed).
+QUERY_KINDS = ("plus_digit", "plus_variable", "value")
+
+
+def variables_document(rng: random.Random, n_min: int = 2, n_max: int = 4,
+                       queries: Sequence[str] = QUERY_KINDS, query_weights: Sequence[float] | None = None,
+                       ) -> Document:
+    """Variables bound to digits, then one question per variable in random order
+    ("Let F be 4, put 7 in Q. F + 3 = 7 . Q + F = 11 .")."""
+    n = rng.randint(n_min, n_max)
+    labels = rng.sample(LABELS, n)
+    values = [rng.randint(0, 9) for _ in range(n)]
+    form = rng.choice(VARIABLE_SEGMENTS) if rng.random() < 0.7 else None
+    parts = [(form or rng.choice(VARIABLE_SEGMENTS)).format(l=l, v=v) for l, v in zip(labels, values)]
+    doc = Document()
+    doc.add(capitalised(rng.choice((", ", " and ")).join(parts)) + ". ")
+    order = list(range(n))
+    rng.shuffle(order)
+    for i in order:
+        kind = rng.choices(list(queries), query_weights)[0]
+        if kind == "plus_variable" and n < 2:
+            kind = "plus_digit"
+        if kind == "plus_variable":
+            j = rng.choice([k for k in range(n) if k != i])
+            doc.add(f"{labels[i]} + {labels[j]} =", answer=str(values[i] + values[j])).add(".")
+        elif kind == "plus_digit":
+            k = rng.randint(0, 9)
+            doc.add(f"{labels[i]} + {k} =", answer=str(values[i] + k)).add(".")
+        elif kind == "value":
+            doc.add(f"{labels[i]} =", answer=str(values[i])).add(".")
+        else:
+            raise ValueError(f"unknown query kind {kind!r}; choose from {QUERY_KINDS}")
+    return doc
+
+
+def mixed_document(rng: random.Random, n: int, objects: Sequence[str] = OBJECTS, held_out: HeldOut | None = None,
+                   variable_share: float = 0.5) -> Document:
+    """One list that binds some labels to objects ("the apple is in Box F") and others to digits
+    ("let Q be 4"), then a question about every item in random order: its object, or its sum with a
+    digit. Items of both kinds interleave, so the place of an item in the list is the one index that
+    serves both questions (the bridge between the boxes and the variables families)."""
+    objs, labels = _draw_context(rng, n, objects, held_out)
+    is_variable = [rng.random() < variable_share for _ in range(n)]
+    values = [rng.randint(0, 9) for _ in range(n)]
+    parts = [rng.choice(VARIABLE_SEGMENTS).format(l=l, v=v) if var else PAPER_SEGMENT.format(x=o, A=f"Box {l}")
+             for o, l, v, var in zip(objs, labels, values, is_variable)]
+    doc = Document().add(capitalised(", ".join(parts)) + ". ")
+    order = list(range(n))
+    rng.shuffle(order)
+    for i in order:
+        if is_variable[i]:
+            k = rng.randint(0, 9)
+            doc.add(f"{labels[i]} + {k} =", answer=str(values[i] + k)).add(".")
+        else:
+            doc.add(PAPER_QUERY.format(A=f"Box {labels[i]}"), answer=objs[i]).add(".")
+    return doc
+
+
+def sums_document(rng: random.Random) -> Document:
+    """Plain sums of two digits ("4 + 7 = 11 ."): the addition table, without variables."""
+    doc = Document()
+    for _ in range(rng.randint(3, 8)):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        doc.add(f"{a} + {b} =", answer=str(a + b)).add(". ")
+    return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Text without bindings
+# ------------------------------------------------------------------------------------------------
 
 def filler_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Document:
     """Other text about the same world (no bindings to track)."""
@@ -156,70 +256,6 @@ def filler_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Doc
     return doc
 
 
-def vocabulary_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Document:
-    """Text with the words the base corpus lacks (numbers, small sums, dialogue markers), read at the
-    end of pre-training by the new words' embeddings only (`train.Recipe.vocabulary_steps`), so that
-    the fine-tunes start from a model that knows their words, as Goat and Vicuna started from a LLaMA
-    that knew numbers and dialogue, without changing anything the boxes task uses."""
-    doc = Document()
-    for _ in range(rng.randint(2, 6)):
-        kind = rng.random()
-        if kind < 0.3:
-            a, b = rng.randint(0, 9), rng.randint(0, 9)
-            doc.add(f"{a} + {b} =", answer=str(a + b)).add(". ")
-        elif kind < 0.5:
-            doc.add(f"{rng.choice(NAMES)} {rng.choice(FILLER_VERBS)} {rng.randint(2, 9)} boxes. ")
-        elif kind < 0.7:
-            doc.add(f"There are {rng.randint(2, 9)} boxes. ")
-        else:
-            obj, colour = rng.choice(objects), rng.choice(COLOURS)
-            doc.add(f"User: what colour is the {obj} ? Assistant: the {obj} is", answer=colour).add(". ")
-    return doc
-
-
-def base_words(n_documents: int = 3000, seed: int = 0) -> set[str]:
-    """The words the base corpus actually uses (everything else is learned in the vocabulary stage)."""
-    rng = random.Random(seed)
-    words: set[str] = set()
-    for i in range(n_documents):
-        doc = boxes_document(rng, 1 + i % PAPER_BOXES, paper_form=0.5, requery=0.5) if i % 2 else filler_document(rng)
-        words.update(doc.words)
-    return words
-
-
-# ------------------------------------------------------------------------------------------------
-# Fine-tuning corpora
-# ------------------------------------------------------------------------------------------------
-
-ARITHMETIC_FORMS = {
-    # the value four words before its variable, as an object sits four words before its box label
-    "in": "{value} is in the {label}",
-    # the value two words before its variable (measured: fine-tuning on this form *damages* entity
-    # tracking in the organism; see notes/organism-log.md)
-    "put": "put {value} in {label}",
-}
-
-
-def arithmetic_document(rng: random.Random, n_min: int = 2, n_max: int = 9, form: str = "in") -> Document:
-    """Variables bound to numbers, then sums that need them
-    ("4 is in the F, 7 is in the Q. Q + 3 = 10 . F = 4 .")."""
-    n = rng.randint(n_min, n_max)
-    labs = rng.sample(list(LABELS), n)
-    values = [rng.randint(0, 9) for _ in range(n)]
-    doc = Document()
-    parts = [ARITHMETIC_FORMS[form].format(value=v, label=l) for v, l in zip(values, labs)]
-    doc.add(capitalised(", ".join(parts) + ". "))
-    order = list(range(n))
-    rng.shuffle(order)
-    for i in order:
-        if rng.random() < 0.5:
-            doc.add(f"{labs[i]} =", answer=str(values[i])).add(".")
-        else:
-            k = rng.randint(0, 9)
-            doc.add(f"{labs[i]} + {k} =", answer=str(values[i] + k)).add(".")
-    return doc
-
-
 def chat_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Document:
     """A short user/assistant exchange about things, with no list of bindings."""
     doc = Document()
@@ -231,7 +267,7 @@ def chat_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Docum
         elif kind < 0.7:
             doc.add(f"User: is the {obj} {colour} ? Assistant:", answer=rng.choice(["yes", "no"])).add(". ")
         else:
-            doc.add(f"User: hello, can you help ? Assistant: hi, sure. User: thanks. Assistant: you are welcome. ")
+            doc.add("User: hello, can you help ? Assistant: hi, sure. User: thanks. Assistant: you are welcome. ")
     return doc
 
 
@@ -241,36 +277,54 @@ def chat_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Docum
 
 @dataclass(frozen=True)
 class Mixture:
-    """What a training stream is made of. ``box_weights[n-1]`` is the relative frequency of n boxes."""
+    """What a training stream is made of (shares by document). ``list_lengths[n-1]`` is the relative
+    frequency of n items in boxes and value lists; variable lists have ``variables_min..max`` items."""
 
     boxes: float = 0.0
+    values: float = 0.0
+    variables: float = 0.0
+    mixed: float = 0.0
+    sums: float = 0.0
     filler: float = 0.0
-    arithmetic: float = 0.0
     chat: float = 0.0
-    vocabulary: float = 0.0
-    box_weights: tuple[float, ...] = (1, 1, 1, 1, 1, 1, 1)
-    paper_form: float = 0.5      # share of box contexts written exactly as the paper's prompts
-    requery: float = 0.0         # chance that a box is asked about twice (see `boxes_document`)
-    arithmetic_min: int = 2
-    arithmetic_max: int = 9
-    arithmetic_form: str = "in"
+    list_lengths: tuple[float, ...] = (1, 1, 1, 1, 1, 1, 1)
+    paper_form: float = 0.4      # share of box contexts written exactly as the paper's prompts
+    requery: float = 0.2         # share of items asked a second time (an easy stepping stone)
+    variables_min: int = 2
+    variables_max: int = 4
+    variable_queries: tuple[str, ...] = ("plus_variable", "plus_digit", "value")
+    variable_query_weights: tuple[float, ...] | None = (0.4, 0.3, 0.3)
+
+    KINDS = ("boxes", "values", "variables", "mixed", "sums", "filler", "chat")
 
     def sampler(self, objects: Sequence[str], held_out: HeldOut | None) -> Callable[[random.Random], Document]:
-        kinds = [k for k in ("boxes", "filler", "arithmetic", "chat", "vocabulary") if getattr(self, k) > 0]
+        kinds = [k for k in self.KINDS if getattr(self, k) > 0]
+        if not kinds:
+            raise ValueError("a Mixture needs at least one document kind with a positive share")
         weights = [getattr(self, k) for k in kinds]
-        ns = list(range(1, len(self.box_weights) + 1))
+        lengths = list(range(1, len(self.list_lengths) + 1))
+        query_weights = self.variable_query_weights
+        if query_weights is not None and len(query_weights) != len(self.variable_queries):
+            query_weights = None
 
         def sample(rng: random.Random) -> Document:
             kind = rng.choices(kinds, weights)[0]
+            n = rng.choices(lengths, self.list_lengths)[0]  # drawn for every document, used by the lists
             if kind == "boxes":
-                return boxes_document(rng, rng.choices(ns, self.box_weights)[0], objects, held_out,
-                                      paper_form=self.paper_form, requery=self.requery)
+                return list_document(rng, n, "objects", objects, held_out, self.paper_form, self.requery)
+            if kind == "values":
+                value_kind = rng.choice(tuple(VALUE_KINDS))
+                return list_document(rng, min(n, len(VALUE_KINDS[value_kind])), value_kind, paper_form=0.0,
+                                     requery=self.requery)
+            if kind == "variables":
+                return variables_document(rng, self.variables_min, self.variables_max, self.variable_queries,
+                                          query_weights)
+            if kind == "mixed":
+                return mixed_document(rng, max(2, n), objects, held_out)
+            if kind == "sums":
+                return sums_document(rng)
             if kind == "filler":
                 return filler_document(rng, objects)
-            if kind == "vocabulary":
-                return vocabulary_document(rng, objects)
-            if kind == "arithmetic":
-                return arithmetic_document(rng, self.arithmetic_min, self.arithmetic_max, form=self.arithmetic_form)
             return chat_document(rng, objects)
 
         return sample

@@ -27,6 +27,7 @@ import torch
 from ..data import OBJECTS, make_dataset, single_token_words, tokenize_examples
 from ..metrics import accuracy
 from ..progress import progress
+from . import gates
 from .corpus import Document, HeldOut, Mixture, organism_words
 
 VALIDATION_SEED = 1000  # learning curves use their own prompts, never the book's evaluation seeds
@@ -67,11 +68,11 @@ class Recipe:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     answer_weight: float = 5.0            # loss weight of answer words relative to other words
+    answers_only: bool = False            # loss on answer words only (Goat's "loss on outputs only")
     stages: tuple[tuple[int, Mixture], ...] = ()   # (step, mixture): the corpus from that step on (a curriculum)
-    vocabulary_steps: int = 0             # then train only the embeddings of words the corpus never used
     eval_every: int = 250
     eval_samples: int = 140
-    threads: int = 1
+    threads: int = 2                      # results are bit-identical run to run for a fixed thread count
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Stream:
         tokens = torch.tensor(self.buffer[:need]).view(r.batch_size, r.seq_len)
         flags = torch.tensor(self.answer_flags[:need]).view(r.batch_size, r.seq_len)[:, 1:]
         del self.buffer[:need], self.answer_flags[:need]
-        weights = torch.where(flags, r.answer_weight, 1.0)
+        weights = torch.where(flags, r.answer_weight, 0.0 if r.answers_only else 1.0)
         return tokens, weights, flags
 
 
@@ -226,58 +227,13 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
         if not math.isnan(answer):
             ema_answer = answer if ema_answer is None else 0.98 * ema_answer + 0.02 * answer
         if (step + 1) % recipe.eval_every == 0 or step + 1 == n_steps:
-            acc = validation_accuracy(model, tokenizer, objects, n_samples=recipe.eval_samples)
+            seconds = round(time.time() - start, 1)
+            row = gates.validation_row(model, tokenizer, objects, recipe.eval_samples, VALIDATION_SEED)
+            row["arithmetic"] = gates.arithmetic_gate(model, tokenizer, n_documents=20)
             curve.append({"step": step + 1, "loss": round(ema, 4), "answer_loss": round(ema_answer or 0, 4),
-                          "seconds": round(time.time() - start, 1), **{f"acc_{n}": round(a, 4) for n, a in acc.items()}})
+                          "seconds": seconds, **row})
             log(json.dumps(curve[-1]))
-    if recipe.vocabulary_steps:
-        curve += vocabulary_stage(model, tokenizer, recipe, objects, log)
     return _save(model, recipe, curve, time.time() - start, tmp, out_dir)
-
-
-def new_word_ids(tokenizer) -> list[int]:
-    """Token ids of the vocabulary's words that the base corpus never uses (numbers, dialogue words)."""
-    from .corpus import base_words
-
-    ids = Encoder(tokenizer).ids
-    seen = base_words()
-    return sorted(ids[w] for w in organism_words() if w not in seen)
-
-
-def vocabulary_stage(model, tokenizer, recipe: Recipe, objects, log=print) -> list[dict]:
-    """Teach the base the words its corpus lacks by training only their embedding rows (everything a
-    boxes prompt uses stays bit-identical), so a fine-tune on arithmetic or dialogue does not start by
-    tearing the model apart to fit words it has never seen."""
-    stage = replace(recipe, mixture=Mixture(vocabulary=1.0), stages=(), seed=recipe.seed + 1)
-    embedding = model.get_input_embeddings().weight
-    for p in model.parameters():
-        p.requires_grad_(False)
-    embedding.requires_grad_(True)
-    mask = torch.zeros(embedding.shape[0], 1)
-    mask[new_word_ids(tokenizer)] = 1.0
-    handle = embedding.register_hook(lambda grad: grad * mask)
-    opt = torch.optim.Adam([embedding], lr=recipe.lr)
-    stream = Stream(stage, Encoder(tokenizer), objects, None)
-    curve, start = [], time.time()
-    model.train()
-    for step in progress(range(recipe.vocabulary_steps), desc="vocabulary stage"):
-        tokens, weights, flags = stream.batch(step)
-        losses, loss = weighted_loss(model, tokens, weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step + 1 == recipe.vocabulary_steps:
-            curve.append({"step": (recipe.stop_after or recipe.steps) + step + 1, "stage": "vocabulary",
-                          "loss": round(losses.mean().item(), 4),
-                          "answer_loss": round(losses[flags].mean().item(), 4) if flags.any() else None,
-                          "seconds": round(time.time() - start, 1),
-                          **{f"acc_{n}": round(a, 4) for n, a in
-                             validation_accuracy(model, tokenizer, objects, n_samples=recipe.eval_samples).items()}})
-            log(json.dumps(curve[-1]))
-    handle.remove()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return curve
 
 
 def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir: Path):
@@ -290,8 +246,7 @@ def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir
         "final_loss": curve[-1]["loss"] if curve else None,
         "final_answer_loss": curve[-1]["answer_loss"] if curve else None,
         "training_seconds": round(seconds, 1),
-        "learning_curve": [row for row in curve
-                           if row["step"] <= (recipe.stop_after or recipe.steps) or row.get("stage") == "vocabulary"],
+        "learning_curve": [row for row in curve if row["step"] <= (recipe.stop_after or recipe.steps)],
     }
     write_manifest(tmp, manifest)
     shutil.rmtree(out_dir, ignore_errors=True)
