@@ -53,28 +53,32 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # beside ours, with what differs.
 
 # %% tags=["parameters"]
-seed = 0   # this chapter runs no model; the parameter is here so every chapter reruns the same way
+base = "organism-base"                                              # the paper: "llama-7b"
+finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # the paper: the three 7B fine-tunes
 
-# %%
+# %% tags=["hide-input"]
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 import entity_tracking
-from entity_tracking import models, plots
+from entity_tracking import claims, figures, models, plots, variants
 from entity_tracking import paper_reference as ref
 
-print(f"entity_tracking {entity_tracking.__version__}")
+names = variants.runnable([base, *finetuned], required=[base])
+checks = claims.reproduction_checks(claims.setup_for(names))   # the results the chapters store
+claims.reproduction_box(checks)
 
 # %% [markdown]
 # ## The gap the paper explains
 #
 # The paper's Table 1: accuracy on 500 seven-box prompts of LLaMA-7B and three fine-tuned versions
-# of it, and of the same models with everything except LLaMA-7B's entity-tracking circuit (72 of
-# their 1,024 attention heads) mean-ablated. These are **the paper's numbers** (read from the
+# of it, and of the same models with everything except LLaMA-7B's entity-tracking circuit (72
+# nodes, i.e. 67 distinct heads of the 1,024, some used at two positions) mean-ablated. These are **the paper's numbers** (read from the
 # authors' results, cited below the chart), not ours; chapter 2 measures our own. Click a model in
 # the legend to highlight it.
 
-# %%
+# %% tags=["hide-input"]
+print(f"entity_tracking {entity_tracking.__version__}")
 table1 = ref.table1()
 paper_accuracy = table1.melt(id_vars="model", value_vars=["full_model", "llama_circuit"],
                              var_name="measure", value_name="accuracy")
@@ -88,7 +92,7 @@ print("the paper's numbers, read from the authors' repository github.com/Nix07/f
 # over LLaMA-7B, and the *LLaMA* circuit alone, run inside the fine-tuned models, still does better
 # than the whole of LLaMA-7B.
 
-# %%
+# %% tags=["hide-input"]
 gain = table1.set_index("model")["full_model"] - table1.set_index("model").loc["llama-7b", "full_model"]
 print("paper, gain in accuracy over LLaMA-7B:", ", ".join(f"{m} {g:+.2f}" for m, g in gain.items() if m != "llama-7b"))
 
@@ -106,6 +110,17 @@ print("paper, gain in accuracy over LLaMA-7B:", ", ".join(f"{m} {g:+.2f}" for m,
 #    activations from a fine-tuned model into LLaMA-7B lifts LLaMA-7B's accuracy (chapter 6,
 #    Cross-Model Activation Patching).
 #
+# ## The circuit, as the paper draws it (its Figure 1)
+#
+# Four groups of heads pass information backwards through the prompt, from the box labels to the
+# answer. Each box is one group at the token position where it acts, spanning the layers its heads
+# sit in; the arrows are the compositions path patching measures (chapter 3 finds the organism's).
+
+# %%
+figures.circuit_diagram_html(figures.paper_circuit_diagram())
+
+# %% [markdown]
+#
 # ## Map of the book
 #
 # | chapter | paper | what it shows |
@@ -119,6 +134,7 @@ print("paper, gain in accuracy over LLaMA-7B:", ", ".join(f"{m} {g:+.2f}" for m,
 # | [A1. The model organism](A1_organism.ipynb) | — | the tiny models every page here runs on, and how they were trained |
 # | [A2. Attention knockout](A2_attention_knockout.ipynb) | appendix | which attention edges the task needs |
 # | [A3. Errata](A3_errata.ipynb) | — | defects in the authors' code and how much each moves the results |
+# | [A4. The package](A4_api.md) | — | the code every chapter calls, generated from its documentation |
 #
 # ## Two scales: the organism on a CPU, the paper's models on a GPU
 #
@@ -134,7 +150,7 @@ print("paper, gain in accuracy over LLaMA-7B:", ", ".join(f"{m} {g:+.2f}" for m,
 # The table below is the model registry (`entity_tracking.models.REGISTRY`), with the memory each
 # variant needs and, for the 7B models, the paper's seven-box accuracy.
 
-# %%
+# %% tags=["hide-input"]
 def _memory(gb: float) -> str:
     return f"{gb:.1f} GB" if gb >= 0.1 else f"{gb * 1024:.0f} MB"
 
@@ -162,18 +178,21 @@ for reason in dict.fromkeys(why for why in availability.values() if why):
 # float32 (about 25 GB) and 2 bytes in float16 (about 13 GB). The authors ran float32 on large
 # GPUs; the book loads the 7B models in float16 by default so that one fits a 16 GB Colab GPU (T4),
 # with activations on top. Chapters that compare two models (chapter 6) keep only one in memory at a
-# time. The organism variants have about a million parameters and run on any CPU.
+# time. The organism variants are tiny (their parameter count is printed below) and run on any CPU.
 #
 # ## Which variant this machine runs
 #
-# A chapter opened without changing its parameters runs the variant `models.default_variant()`
+# A chapter opened without changing its parameters runs the variant `variants.DEFAULT_VARIANT`
 # picks for the hardware it finds: LLaMA-7B on a CUDA GPU with enough memory, the organism
 # otherwise.
 
 # %%
 gpu = models.gpu_memory_gb()
+organism = variants.load(base).model.original_model
+print(f"organism-base: {sum(p.numel() for p in organism.parameters()):,} parameters "
+      f"(LLaMA-7B: 6,738,415,616)")
 print(f"CUDA GPU: {f'{gpu:.0f} GB' if gpu else 'none'}")
-print(f"default variant here: {models.default_variant()}")
+print(f"default variant here: {variants.DEFAULT_VARIANT}")
 print(f"variants that can run here: {', '.join(models.available_variants()) or 'none yet'}")
 
 # %% [markdown]

@@ -55,58 +55,83 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # The method is **path patching**: change one head's output to what it would be on a corrupted
 # prompt, let that change reach only one chosen destination (the logits, or the query / value input
 # of the heads found in the previous step), and measure how much less likely the correct object
-# becomes. This chapter explains it on one prompt, then runs the full search on the organism (a
-# tiny LLaMA trained here, see appendix A1) and sets what it finds beside the paper's LLaMA-7B
-# circuit.
+# becomes. This chapter explains it on one prompt, then runs the full search on the chosen model
+# (by default the organism, a tiny LLaMA trained here, see appendix A1) and sets what it finds
+# beside the paper's LLaMA-7B circuit.
 
 # %% tags=["parameters"]
-model = DEFAULT_VARIANT    # "organism-base" on CPU, "llama-7b" on a big GPU; any registry name or model directory
-seed = 0                   # corrupted pairing, random letters, step-4 source labels (the authors: 20 for LLaMA)
-dataset_seed = 0           # seed of the prompts (every chapter uses 0)
-boxes = 7                  # boxes per prompt (paper: 7)
-samples = 300              # base prompts: the dataset's first lines (paper: 300)
-receivers = None           # top A, B, C heads used as receivers, e.g. (20, 5, 10); None: chosen per model
-candidates = None          # top A, B, C, D heads kept, e.g. (58, 10, 25, 5); None: chosen per model
-minimality_threshold = 0.01  # minimality pruning of the candidates (paper: 1 %); None: keep every candidate
-authors_compat = False     # the authors' corrupted letters: any capital, which may name a box of the context
-max_rows = 800             # prompt copies per forward pass: the memory budget (on a GPU: path_patching.rows_for_memory)
+model = DEFAULT_VARIANT    # "organism-base" on CPU, "llama-7b" on a big GPU; any registry name
+n_boxes = 7                # boxes per prompt (the paper: 7)
+n_samples = 300            # base prompts: the dataset's first lines (the paper: 300)
+dataset_seed = 0           # seed of the prompts, shared by every chapter
+pairing_seed = 0           # corrupted pairing, random letters, step-4 labels (the authors: 20)
+receivers = None           # top A, B, C heads used as receivers, e.g. (20, 5, 10); None: per model
+candidates = None          # top A, B, C, D heads kept, e.g. (58, 10, 25, 5); None: per model
+minimality_threshold = 0.01  # minimality pruning (the paper: 1 %); None: keep every candidate
+authors_compat = False     # the authors' corrupted letters: any capital, may name a box
+max_rows = 800             # prompt copies per forward pass: the memory budget
+stability = True           # rerun the search on two disjoint halves of the prompts
+compare_authors_letters = True  # rerun the search with the authors' corrupted letters
 
-# %%
-import altair as alt
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
 from IPython.display import HTML, Markdown, display
 
-from entity_tracking import models, plots, widgets
+from entity_tracking import circuit_views as views
+from entity_tracking import figures, variants, widgets
 from entity_tracking import paper_reference as ref
 from entity_tracking import path_patching as PP
-from entity_tracking.circuit import GROUP_LETTERS, GROUP_TITLES, GROUPS, overlap
+from entity_tracking.circuit import GROUP_LETTERS, overlap
+from entity_tracking.data import TaskConfig
+from entity_tracking.figures import head_name
+from entity_tracking.plots import GROUP_SHORT
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
-lm = widgets.resident_model(model)
+pd.set_option("display.max_colwidth", None)
+lm = variants.load(model)
+task = TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed,
+                  authors_compat=authors_compat)
 config = PP.PathPatchingConfig(
-    n_boxes=boxes, n_samples=samples, pool=samples, dataset_seed=dataset_seed, seed=seed,
-    receivers=receivers, candidates=candidates, minimality_threshold=minimality_threshold,
-    authors_compat=authors_compat, max_rows=max_rows,
+    task=task, pool=n_samples, pairing_seed=pairing_seed, receivers=receivers,
+    candidates=candidates, minimality_threshold=minimality_threshold, max_rows=max_rows,
 ).resolve(lm)
-print(widgets.variant_label(model))
-print(f"{lm.n_layers} layers x {lm.n_heads} heads = {lm.n_layers * lm.n_heads} heads (LLaMA-7B: 32 x 32 = 1024)")
+print(variants.label(model))
+print(f"{lm.n_layers} layers x {lm.n_heads} heads = {lm.n_layers * lm.n_heads} heads "
+      "(LLaMA-7B: 32 x 32 = 1024)")
+
+# %% [markdown]
+# ## Figure 1: the paper's circuit
+#
+# The paper's Figure 1 summarises what its search found in LLaMA-7B: four groups, each at its
+# token position and in its band of layers, linked by the composition that passes the
+# information on. Here it is drawn from the authors' circuit file
+# (`experiment_1/results/circuits/llama_circuit.json` in their repository); our own circuit, drawn
+# the same way, comes after the search below.
+
+# %%
+figures.circuit_diagram_html(figures.paper_circuit_diagram("llama-7b"), "paper-circuit-diagram")
 
 # %% [markdown]
 # ## The corrupted prompt
 #
-# Every base prompt gets a corrupted partner (`data.path_patching_pairs`, paper.md §2.4a): a line
-# of the dataset that queries the *next* box position, in (almost always) another context, with its
-# query letter replaced by a random capital. The authors' letter could name a box of that context;
-# ours names none, so the corrupted prompt has no answer at all (set `authors_compat = True` for
-# the authors' rule). The score always asks about the **base** prompt's answer.
+# Every base prompt gets a corrupted partner (`data.path_patching_pairs`): a line of the dataset
+# that queries the *next* box position, in (almost always) another context, with its query letter
+# replaced by a random capital. The authors' letter could name a box of that context; ours names
+# none, so the corrupted prompt has no answer at all (set `authors_compat = True` for the authors'
+# rule). The score always asks about the **base** prompt's answer.
 
 # %%
 base, corrupt = PP.pair_batches(lm, config)
 display(HTML("<b>base</b> " + widgets.prompt_positions_html(base, lm.tokenizer, 0, legend=False)))
 display(HTML("<b>corrupted</b> " + widgets.prompt_positions_html(corrupt, lm.tokenizer, 0)))
+
+# %% tags=["hide-input"]
+names_box = corrupt.examples[0].answer is not None
 print(f"base answer: {base.examples[0].answer!r};  corrupted query letter "
-      f"{corrupt.examples[0].query_label!r} names a box of its context: {corrupt.examples[0].answer is not None}")
+      f"{corrupt.examples[0].query_label!r} names a box of its context: {names_box}")
 
 # %% [markdown]
 # ## One sender, step by step
@@ -117,8 +142,8 @@ print(f"base answer: {base.examples[0].answer!r};  corrupted query letter "
 #    clamped to its value on the clean base run, except the sender's, which takes its value on
 #    the corrupted prompt. Attention therefore cannot carry the change anywhere: it stays in the
 #    sender's own position and flows only up that position's residual stream, through the MLPs.
-# 2. **Pass 2, receivers only.** A clean run in which only the **receivers** — the top heads of
-#    the previous step — read their query (step B) or value (steps C, D) input at that position
+# 2. **Pass 2, receivers only.** A clean run in which only the **receivers** (the top heads of
+#    the previous step) read their query (step B) or value (steps C, D) input at that position
 #    from pass 1. Step A has no receivers: its score reads the logits of pass 1.
 #
 # The score is the relative change in the probability of the correct object, averaged over
@@ -126,33 +151,40 @@ print(f"base answer: {base.examples[0].answer!r};  corrupted query letter "
 # (`metrics.path_patching_score`). Strongly negative means the path matters.
 #
 # Because pass 1 freezes every head, the sender's position evolves on its own, so we run pass 1 on
-# that single token (exactly equal, and `seq_len` times cheaper), and one pass holds one copy of the
-# prompts per sender. Pass 2 changes nothing before the receivers' position, so that clean prefix
-# is run once per prompt and its keys and values are shared by every sender's copy. The full search below finds the receivers; here, on the first prompt alone,
-# is what happens to the top head of each step.
+# that single token (exactly equal, and `seq_len` times cheaper), and one pass holds one copy of
+# the prompts per sender. Pass 2 changes nothing before the receivers' position, so that clean
+# prefix is run once per prompt and its keys and values are shared by every sender's copy.
+#
+# The full search (`path_patching.stored_circuit`: read back from `results/circuits/`, or run
+# and stored) finds the receivers; then, on the first prompt alone, we patch the top head of each
+# step.
 
 # %%
-circuit = PP.load_or_discover_circuit(lm, config)   # the full search (cached under results/circuits/)
+circuit = PP.stored_circuit(model, config)
 scores = PP.score_maps(circuit)
 receivers_of = {g: [tuple(h) for h in hs] for g, hs in circuit.params["receivers"].items()}
 
+# %% tags=["hide-input"]
 rows = []
 one_base, one_corrupt = base[:1], corrupt[:1]
 for step in PP.STEPS:
-    sender = PP.top_heads(scores[step.group], 1, min_effect=-float("inf"))[0]   # the lowest score, whatever its sign
-    src = PP.source_positions(corrupt, step.position, config.seed)[:1]
-    p_clean, p_patched = PP.path_patched_probs(lm, one_base, one_corrupt, step.position, PP.sender_masks(lm, [sender]),
-                                               receivers_of[step.group], step.receiver_input, src)
+    sender = PP.top_heads(scores[step.group], 1, min_effect=-float("inf"))[0]  # lowest score
+    src = PP.source_positions(corrupt, step.position, config.pairing_seed)[:1]
+    feeding = receivers_of.get(step.group, [])
+    letter = GROUP_LETTERS.get(step.receiver_group, "")
+    p_clean, p_patched = PP.path_patched_probs(
+        lm, one_base, one_corrupt, step.position, PP.sender_masks(lm, [sender]),
+        feeding, step.receiver_input, src)
+    clean, patched = float(p_clean[0]), float(p_patched[0, 0])
     rows.append({
-        "step": f"{GROUP_LETTERS[step.group]} {step.group}", "sender": f"L{sender[0]}H{sender[1]}",
-        "sender position": step.position,
+        "step": GROUP_SHORT[step.group], "sender": head_name(*sender),
         "reaches": "logits" if step.receiver_input is None else
-                   f"{step.receiver_input} of {len(receivers_of[step.group])} {GROUP_LETTERS[step.receiver_group]} heads",
-        "p clean": round(float(p_clean[0]), 4), "p patched": round(float(p_patched[0, 0]), 4),
-        "score on this prompt": round(float((p_patched[0, 0] - p_clean[0]) / p_clean[0]), 4),
-        f"score over {samples} prompts": round(float(scores[step.group][sender]), 4),
+                   f"{step.receiver_input} of {len(feeding)} {letter} heads",
+        "p clean": f"{clean:.4f}", "p patched": f"{patched:.4f}",
+        "this prompt": f"{(patched - clean) / clean:+.3f}" if clean > 0 else "p clean is 0",
+        f"mean over {n_samples} prompts": f"{float(scores[step.group][sender]):+.3f}",
     })
-pd.DataFrame(rows)
+pd.DataFrame(rows).set_index("step")
 
 # %% [markdown]
 # One prompt is noisy (a head can even help on it); the score of a head is the mean over all base
@@ -160,43 +192,31 @@ pd.DataFrame(rows)
 #
 # ## The full search: one score per head, step by step
 #
-# Each step patches every head as a sender at its step's position; its top
-# heads become the next step's receivers. The maps below show every head's score (red: removing
-# the path hurts the answer); outlined heads are the candidates kept for the circuit.
+# Each step patches every head as a sender at its step's position; its top heads become the next
+# step's receivers. Below, row by row (steps A to D), the authors' 32 x 32 maps for LLaMA-7B
+# (their files `experiment_1/results/path_patching/llama_circuit/{group}.pt`, copied unchanged
+# into the package's `paper_data/`) beside ours, on one diverging colour scale per step: red means
+# removing the path hurts the answer.
+
+# %% tags=["hide-input"]
+rule = ("a negative score" if not config.min_effect else
+        f"a score below −{config.min_effect:g}")
+print(f"receivers per step (top A, B, C): {config.receivers};  candidates kept (A, B, C, D): "
+      f"{config.candidates};  a candidate needs {rule}")
 
 # %%
-print(f"receivers per step (top A, B, C): {config.receivers};  candidates kept (A, B, C, D): {config.candidates};"
-      f"  a head must score below -{config.min_effect}")
-candidates = PP.candidates_of(circuit)
-maps = [plots.layer_head_heatmap(scores[g], title=f"{GROUP_TITLES[g]} at {PP.STEP_OF[g].position}",
-                                 highlight=candidates[g], cell=22 if lm.n_layers * lm.n_heads <= 64 else 10)
-        for g in GROUPS]
-alt.vconcat(alt.hconcat(*maps[:2]), alt.hconcat(*maps[2:])).resolve_scale(color="independent")
+figures.score_maps_beside_paper(circuit, variants.label(model))
 
 # %% [markdown]
 # ### The strongest heads of each step, beside the paper's
 #
-# The paper's five most negative heads per step in LLaMA-7B (read from the authors' score files,
-# paper.md §4.3) next to ours. Head *names* cannot match between a 4-layer organism and a 32-layer
-# model; what can match is the *shape*: how strongly the top head stands out, and at which relative
-# depth each group sits.
+# The paper's five most negative heads per step in LLaMA-7B (read from the same score files) next
+# to ours. Head *names* cannot match between a small organism and a 32-layer model; what can match
+# is the *shape*: how strongly the top head stands out, and at which relative depth each group
+# sits.
 
 # %%
-paper_top = ref.top_heads().query("model == 'llama-7b'")
-rows = []
-for g in GROUPS:
-    ours = PP.top_heads(scores[g], 5)
-    theirs = paper_top[paper_top["group"] == g].sort_values("rank")
-    for rank in range(5):
-        row = {"group": f"{GROUP_LETTERS[g]} {g}", "rank": rank + 1}
-        if rank < len(ours):
-            l, h = ours[rank]
-            row.update({"ours": f"L{l}H{h}", "our score": round(float(scores[g][l, h]), 3)})
-        if rank < len(theirs):
-            t = theirs.iloc[rank]
-            row.update({"paper (LLaMA-7B)": f"L{t['layer']}H{t['head']}", "paper score": t["score"]})
-        rows.append(row)
-pd.DataFrame(rows).astype(object).fillna("")
+views.top_heads_beside_paper(scores)
 
 # %% [markdown]
 # ## The circuit
@@ -207,148 +227,147 @@ pd.DataFrame(rows).astype(object).fillna("")
 # circuit is saved as JSON under `results/circuits/`, keyed by the model's weights and every
 # parameter above; chapters 4 to 6 reload it.
 
+# %% tags=["hide-input"]
+paper = ref.CIRCUIT_SIZES["llama-7b"]
+n_all = lm.n_layers * lm.n_heads
+ours_unique = len(circuit.unique_heads())
+print(f"ours: {len(circuit)} nodes, {ours_unique} distinct heads of {n_all} "
+      f"({ours_unique / n_all:.0%});  paper: {paper['total']} nodes, {paper['unique']} "
+      f"distinct heads of 1024 ({paper['unique'] / 1024:.0%})")
+if circuit.notes:
+    print(circuit.notes)
+
 # %%
-def layer_range(heads):
-    return f"{min(l for l, _ in heads)}–{max(l for l, _ in heads)}" if heads else "—"
-
-
-paper_sizes = ref.circuit_sizes().query("circuit == 'llama-7b'").set_index("group")
-table = pd.DataFrame([{
-    "group": GROUP_TITLES[g], "position": PP.STEP_OF[g].position,
-    "candidates": len(candidates[g]), "circuit": len(circuit.groups[g]),
-    "heads": " ".join(f"L{l}H{h}" for l, h in circuit.groups[g]),
-    "layers": layer_range(circuit.groups[g]),
-    "paper heads": int(paper_sizes.loc[g, "heads"]),
-    "paper layers": f"{paper_sizes.loc[g, 'first_layer']}–{paper_sizes.loc[g, 'last_layer']}",
-} for g in GROUPS])
-print(f"circuit: {len(circuit)} nodes, {len(circuit.unique_heads())} distinct heads of "
-      f"{lm.n_layers * lm.n_heads} ({len(circuit.unique_heads()) / (lm.n_layers * lm.n_heads):.0%});  "
-      f"paper: {ref.CIRCUIT_SIZES['llama-7b']['total']} nodes, {ref.CIRCUIT_SIZES['llama-7b']['unique']} "
-      f"distinct heads of 1024 ({ref.CIRCUIT_SIZES['llama-7b']['unique'] / 1024:.0%})")
-print(circuit.notes)
-table
+views.circuit_table(circuit)
 
 # %% [markdown]
-# If the candidates alone — every other head output mean-ablated, at every position, as chapter 4
-# explains — cannot do the task better than chance, minimality has nothing to measure (every
-# ratio is 0 / 0) and would drop every head; the candidates are then kept as they are, and the
-# note above says so.
+# If the candidates alone (every other head output mean-ablated, at every position, as chapter 4
+# explains) cannot do the task better than chance, minimality has nothing to measure and would
+# drop every head; the candidates are then kept as they are, and the note above says so.
 #
+# Here is our circuit drawn as the paper's Figure 1 (top-scoring head of each group marked):
+
+# %%
+figures.circuit_diagram_html(
+    figures.circuit_diagram(circuit, lm.n_layers, title=f"{variants.label(model)}: our circuit"))
+
+# %% [markdown]
 # ### Where each group sits in depth
 #
 # In LLaMA-7B the groups are ordered in depth as the information flows back from the answer: C
-# (layers 1–13) early, B (11–19) in the middle, A (14–29) late; D (8–12) feeds C's later heads.
-# Here is the mean relative depth (layer / last layer) of each group's heads in both.
+# early, B in the middle, A late; D feeds C's later heads (the layer ranges are in the table
+# above). Here is the mean relative depth (layer / last layer) of each group's heads in both.
 
 # %%
-depth = []
-for g in GROUPS:
-    heads = circuit.groups[g]
-    lo, hi = paper_sizes.loc[g, "first_layer"], paper_sizes.loc[g, "last_layer"]
-    depth.append({"group": g, "ours": round(sum(l for l, _ in heads) / len(heads) / (lm.n_layers - 1), 2) if heads else None,
-                  "paper (middle of its layer range)": round((lo + hi) / 2 / 31, 2)})
-depth = pd.DataFrame(depth)
-flow = depth.set_index("group")["ours"].reindex(["position_detector", "position_transmitter", "value_fetcher"]).dropna()
-ordered = len(flow) >= 2 and flow.is_monotonic_increasing
-display(depth)
-print("C before B before A in depth (groups with heads), as in the paper:", bool(ordered))
+depth = views.depth_table(circuit, lm.n_layers)
+depth.drop(columns="_ours")
+
+# %% tags=["hide-input"]
+ordered = views.depth_order_holds(depth)
+print("C before B before A in depth (groups with heads), as in the paper:",
+      {True: "yes", False: "no", None: "fewer than two groups have heads"}[ordered])
+
+# %% [markdown]
+# ## Where the top heads look
+#
+# Figure 1 of the paper also says where each group attends: A to the correct object, B and C to
+# the box label, D to the previous segment. On the first prompt, each group's two top-scoring
+# heads of our circuit, at the group's position, with the token the paper names outlined:
+
+# %%
+chart, attention = figures.attention_view(lm, base, circuit, index=0, per_group=2)
+chart
+
+# %% [markdown]
+# ## Is the membership stable? Two disjoint halves
+#
+# A head that belongs to a group should come out of the search on *other* prompts too. We run the
+# same search on two disjoint sets of `n_samples / 2` prompts (`circuit_views.halves`: the first
+# half of the dataset of `dataset_seed` and of another seed, each drawing its corrupted partners
+# from its own half) and compare the heads each finds.
+
+# %%
+if stability:
+    half_configs = views.halves(config)
+    half_circuits = {f"half {i + 1}": PP.stored_circuit(model, c)
+                     for i, c in enumerate(half_configs)}
+    print("prompts shared by the two halves:", views.shared_prompts(lm, half_configs))
+    membership = views.membership_table(half_circuits)
+    display(membership)
+    same = int((membership["same heads"] == "yes").sum())
+    print(f"groups whose heads are the same in both halves: {same} of {len(membership)}")
+
+# %% [markdown]
+# ### A robust companion to the paper's score
+#
+# The score is a *mean of ratios*: a prompt where the clean model gives the answer almost no
+# probability can, once patched, contribute a ratio in the tens, and a handful of such prompts can
+# carry a head's score. Beside the paper's mean relative change we set the median over prompts and
+# the mean with $p_\text{clean}$ floored at 0.05 (`circuit_views.companion_scores`), for the
+# strongest heads of each step, and which heads each score would pick.
+
+# %%
+companions = views.companion_scores(lm, config, circuit)
+views.scores_of_top_heads(companions)
+
+# %%
+views.companion_table(companions, config, lm)
 
 # %% [markdown]
 # ## What it cost
 #
-# The authors ran one forward pass of whole prompts per sender and per pass. Here a pass holds one
-# copy of the prompts per sender; pass 1 runs only the sender's token; pass 2 runs the clean part
-# of each prompt before the receivers' position once and reuses its keys and values for every
-# sender; senders that cannot reach any receiver (at or above the receivers' last layer) are
-# skipped. The table counts both ways for this model and these parameters
-# (`benchmarks/path_patching_speed.py` times them; every shortcut gives the one-sender-per-pass
-# scores to 1e-5, which the tests check).
+# The authors ran one forward pass of whole prompts per sender and per pass: for a 32 x 32 model
+# and 300 prompts in batches of 100, 21,510 passes per model. Here a pass holds one copy of the
+# prompts per sender; pass 1 runs only the sender's token; pass 2 runs the clean part of each
+# prompt before the receivers' position once and reuses its keys and values for every sender.
+# The line below counts the authors' way for a 32 x 32 model with this chapter's prompts; the
+# table counts both ways for *this* model and these parameters (every shortcut gives the
+# one-sender-per-pass scores to 1e-5, which the tests check).
+
+# %% tags=["hide-input"]
+print(f"the authors' passes for one 32 x 32 search with these prompts: "
+      f"{views.authors_passes(config):,}")
 
 # %%
-PP.search_cost(lm, config, base)
+views.cost_table(PP.search_cost(lm, config, base))
 
 # %% [markdown]
 # ## What matches and what differs
 #
-# The next cell states, from the numbers above, whether this model shows the paper's pattern: a
-# group at each step (heads that pass the minimum effect), one head standing out in B and C as
-# L14H27 and L10H3 do in LLaMA-7B (top score / second score), and the depth order.
+# From the numbers above: whether each step finds a group, and whether one head stands out in
+# B and C as L14H27 and L10H3 do in LLaMA-7B (top score / second score).
 
 # %%
-def standout(g):
-    s = sorted(scores[g].flatten().tolist())
-    return s[0] / s[1] if len(s) > 1 and s[1] < 0 else float("inf")
+views.standout_table(circuit)
 
-
-paper_ratio = {g: (lambda t: t.iloc[0]["score"] / t.iloc[1]["score"])(paper_top[paper_top["group"] == g].sort_values("rank"))
-               for g in GROUPS}
-summary = pd.DataFrame([{
-    "group": g, "heads found": len(circuit.groups[g]), "top score": round(float(scores[g].min()), 3),
-    "top / second (ours)": round(standout(g), 2), "top / second (paper)": round(paper_ratio[g], 2),
-} for g in GROUPS])
-display(summary)
-empty = [g for g in GROUPS if not circuit.groups[g]]
-
-
-def why_empty(g):
-    step = PP.STEP_OF[g]
-    feeding = receivers_of[g]
-    if candidates[g]:
-        return "minimality removed all its candidates"
-    if step.receiver_group and feeding and min(l for l, _ in feeding) == 0:
-        return (f"its receivers, the {GROUP_LETTERS[step.receiver_group]} heads, all sit in layer 0, so no earlier "
-                f"head exists to feed them")
-    return f"no head lowers the answer's probability by at least {config.min_effect:.0%} on that path"
-
-
-lines = [f"* Group {GROUP_LETTERS[g]} ({g}) is empty: {why_empty(g)}." for g in empty]
-both_ours = sorted(set(PP.top_heads(scores["value_fetcher"], 5)) & set(PP.top_heads(scores["position_transmitter"], 5)))
-paper_sets = {g: {(int(r.layer), int(r.head)) for r in paper_top[paper_top["group"] == g].itertuples()} for g in GROUPS}
-both_paper = sorted(paper_sets["value_fetcher"] & paper_sets["position_transmitter"])
-print("heads in the top five of both A and B (so removed from A):",
-      "ours", [f"L{l}H{h}" for l, h in both_ours], "| paper", [f"L{l}H{h}" for l, h in both_paper])
+# %% tags=["hide-input"]
+empty = views.empty_group_reasons(circuit, config)
 display(Markdown(
     ("Every group has heads in the circuit." if not empty else
-     "\n".join(["Not every step finds heads:", *lines]) + "\n\n")
-    + (" The groups with heads are ordered in depth as in LLaMA-7B (C before B before A)." if ordered else
-       " The depth order differs from LLaMA-7B's (C before B before A).")
-    + f" With {lm.n_layers} layers against LLaMA-7B's 32, a chain of four groups, each in a layer below the "
-    "next, barely fits: the organism can show the paper's division of labour, not its layer ranges."
+     "Not every step finds heads:\n\n" + "\n".join(f"* {line}" for line in empty) + "\n\n")
+    + {True: " The groups with heads are ordered in depth as in LLaMA-7B (C before B before A).",
+       False: " The depth order differs from LLaMA-7B's (C before B before A).",
+       None: " Fewer than two groups have heads, so there is no depth order to compare."}[ordered]
+    + f" With {lm.n_layers} layers against LLaMA-7B's 32, a chain of four groups, each in a layer"
+    " below the next, barely fits: a small model can show the paper's division of labour, not its"
+    " layer ranges."
 ))
 
 # %% [markdown]
 # ## The authors' corrupted letters
 #
-# The authors drew the corrupted query letter from all 26 capitals, so about one corrupted prompt in
-# four names a box of its own context and still has an answer (paper.md §7, W3). The same search
-# with their rule (`authors_compat=True`), beside ours: how many of each group's heads both find.
+# The authors drew the corrupted query letter from all 26 capitals, so about one corrupted prompt
+# in four names a box of its own context and still has an answer. The same search with their rule
+# (`authors_compat=True`), beside ours: how many of each group's heads both find.
 
 # %%
-from dataclasses import replace
-
-if not authors_compat:
-    authors = PP.load_or_discover_circuit(lm, replace(config, authors_compat=True))
-    _, authors_corrupt = PP.pair_batches(lm, replace(config, authors_compat=True))
+if compare_authors_letters and not authors_compat:
+    authors_config = replace(config, task=replace(config.task, authors_compat=True))
+    authors = PP.stored_circuit(model, authors_config)
+    _, authors_corrupt = PP.pair_batches(lm, authors_config)
     named = sum(ex.answer is not None for ex in authors_corrupt.examples)
-    print(f"authors' rule: {named} of {len(authors_corrupt)} corrupted prompts name a box of their context")
+    print(f"authors' rule: {named} of {len(authors_corrupt)} corrupted prompts name a box "
+          "of their context")
     shared = overlap(replace(circuit, model="ours"), replace(authors, model="authors"))
-    display(pd.DataFrame(shared).T[["ours", "authors", "shared"]].astype(int))
-
-# %% [markdown]
-# The score is a *mean of ratios*: a prompt where the clean model gives the answer almost no
-# probability can, once patched, contribute a ratio in the tens, and a handful of such prompts can
-# flip the sign of a head's mean score. The median relative change over prompts is robust to them.
-# For the heads that score most strongly at step A (effect on the logits), under both letter rules:
-
-# %%
-if not authors_compat:
-    rows = []
-    for rule, cfg in (("ours", config), ("authors'", replace(config, authors_compat=True))):
-        rule_base, rule_corrupt = PP.pair_batches(lm, cfg)
-        heads = PP.top_heads(scores["value_fetcher"], 3, min_effect=-float("inf"))
-        p_clean, p_patched = PP.path_patched_probs(lm, rule_base, rule_corrupt, "last", PP.sender_masks(lm, heads))
-        change = (p_patched - p_clean) / p_clean
-        for (l, h), c in zip(heads, change):
-            rows.append({"head": f"L{l}H{h}", "letters": rule, "mean (the score)": round(float(c.mean()), 3),
-                         "median": round(float(c.median()), 3), "largest": round(float(c.max()), 1)})
-    display(pd.DataFrame(rows).pivot(index="head", columns="letters"))
+    shared = pd.DataFrame(shared).T[["ours", "authors", "shared"]].astype(int)
+    display(shared.rename(index={**GROUP_SHORT, "all": "all groups"}))

@@ -58,58 +58,62 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # Then the paper's first finding: the circuit found in LLaMA-7B, run *unchanged* inside the
 # fine-tuned models, still does the task, and there it beats the whole of LLaMA-7B (Table 1: 0.73
 # and 0.72 inside Goat and FLoat against LLaMA's 0.66). This chapter repeats every test on the
-# organism and on each fine-tune, with the paper's 7B numbers beside ours.
+# organism and on each fine-tune, with the paper's 7B numbers beside ours. It runs on the CPU
+# organism by default (`organism-base` stands in for LLaMA-7B, its three fine-tunes for Vicuna-7B,
+# Goat-7B and FLoat-7B; see appendix A1); set `model = "7b"` to run the paper's four models on a
+# GPU. The box below says which of the paper's claims this chapter tests hold here.
 
 # %% tags=["parameters"]
-model = "organism"        # "organism": organism-base and its three fine-tunes (CPU); "7b": LLaMA-7B and its fine-tunes (GPU)
-samples = 500             # evaluation prompts: the dataset's first lines (paper: 500)
-seed = 0                  # seed of the prompts and of the random draws
-random_draws = 10         # random circuits per faithfulness row (paper: 10)
-completeness_draws = 20   # random subsets K (paper: 20; 10 for LLaMA)
-thresholds = [0.01, 0.0]  # minimality thresholds shown: the paper's 1 %, and the 0 the authors' Goat/FLoat circuits used
+model = "organism"        # "organism": organism-base and 3 fine-tunes (CPU); "7b": the paper's 4
+n_boxes = 7               # boxes per prompt (the paper: 7)
+n_samples = 500           # evaluation prompts: the dataset's first lines (the paper: 500)
+dataset_seed = 0          # seed of the prompts, shared by every chapter
+random_seed = 0           # seed of the first random circuit; draw i uses random_seed + i
+random_draws = 10         # random circuits per faithfulness row (the paper: 10)
+completeness_seed = 5     # seed of the random subsets K (the authors' 5)
+completeness_draws = 20   # random subsets K (the paper: 20; 10 for LLaMA)
+thresholds = [0.01, 0.0]  # minimality: the paper's 1 %, and the 0 of the authors' Goat/FLoat
 
-# %%
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
 from entity_tracking import circuit_eval as E
-from entity_tracking import models, path_patching, plots, widgets
+from entity_tracking import claims, data as D, path_patching, plots, variants
+from entity_tracking import evaluation_views as views
 from entity_tracking import paper_reference as ref
-from entity_tracking.circuit import Circuit
+from entity_tracking.circuit import GROUP_LETTERS, GROUPS, Circuit
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
-variants = widgets.runnable_variants(widgets.requested_variants(model))
-base_name, finetuned = variants[0], variants[1:]
-config = E.EvalConfig(n_samples=samples, dataset_seed=seed, random_seed=seed, random_draws=random_draws,
-                      completeness_draws=completeness_draws)
-print("base model:", widgets.variant_label(base_name))
-print("fine-tuned:", ", ".join(widgets.variant_label(v) for v in finetuned) or "none")
-
-
-def circuit_of(variant):
-    """The variant's own circuit, found by chapter 3's path patching (read back from results/)."""
-    return path_patching.load_or_discover_circuit(widgets.resident_model(variant))
-
+pd.set_option("display.max_colwidth", None)
+names = variants.runnable(model, required=variants.requested(model)[:1])
+base, finetuned = names[0], names[1:]
+task = D.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
+config = E.EvalConfig(task=task, random_draws=random_draws, random_seed=random_seed,
+                      completeness_draws=completeness_draws, completeness_seed=completeness_seed)
+pp_config = path_patching.PathPatchingConfig()  # chapter 3's settings, with this chapter's prompts
+pp_config = replace(pp_config, task=replace(pp_config.task, n_boxes=n_boxes,
+                                            dataset_seed=dataset_seed))
+setup = replace(claims.setup_for(names), configs={"path_patching": pp_config, "eval": config})
+claims.reproduction_box(claims.reproduction_checks(setup, keys=["faithful", "beats_base"]))
 
 # %% [markdown]
 # ## The circuit under test
 #
-# The base model's circuit, as chapter 3 found it (reloaded from its saved JSON file; found afresh
-# only if its parameters or the model's weights changed).
+# The base model's circuit, as chapter 3 found it, read back with the same call and settings
+# (`path_patching.stored_circuit`; found afresh only if its settings or the model's weights
+# changed).
 
 # %%
-lm = widgets.resident_model(base_name)
-circuit = circuit_of(base_name)
-sizes = pd.DataFrame([{"circuit": f"{base_name} (ours)", **{g: n for g, n in circuit.sizes().items()},
-                       "total": len(circuit), "unique heads": len(circuit.unique_heads())}])
-paper_sizes = ref.circuit_sizes().query("circuit == 'llama-7b'")
-sizes.loc[1] = ["llama-7b (paper)", *paper_sizes["heads"], ref.CIRCUIT_SIZES["llama-7b"]["total"],
-                ref.CIRCUIT_SIZES["llama-7b"]["unique"]]
-print(f"{base_name} has {lm.n_layers} layers x {lm.n_heads} heads = {lm.n_layers * lm.n_heads} heads "
-      f"(LLaMA-7B: 32 x 32 = 1024)")
+lm = variants.load(base)
+circuit = path_patching.stored_circuit(base, pp_config)
+print(f"{variants.label(base)}: {lm.n_layers} layers x {lm.n_heads} heads = "
+      f"{lm.n_layers * lm.n_heads} heads (LLaMA-7B: 32 x 32 = 1024)")
 print("how chapter 3 chose it:", circuit.notes)
-sizes
+views.circuit_sizes_beside_paper(circuit)
 
 # %% [markdown]
 # ## Mean ablation: what "the circuit alone" means
@@ -117,56 +121,52 @@ sizes
 # A head is removed by setting its output $z$ (TransformerLens's `hook_z`, the attention-weighted
 # values before $W_O$) to its **mean** over reference prompts, position by position. The reference
 # prompts are the first line of each of 500 contexts with the query letter replaced by one that
-# names no box, so the mean carries the prompt's layout but no answer (`data.mean_ablation_reference`).
+# names no box, so the mean carries the prompt's layout but no answer
+# (`data.mean_ablation_reference`).
 #
 # "The circuit alone" is the paper's `mean_ablate`: at every position other than the circuit's three
 # positions *all* heads are ablated; at `last` only groups A and B keep their output, at
 # `query_label` only group C, at `prev_query_label` only group D. MLPs, embeddings and the
-# unembedding are untouched. The table counts the heads that keep their own output at each token of
-# one prompt.
+# unembedding are untouched. The table counts the heads that keep their own output at the named
+# tokens of one prompt.
 
 # %%
-setup = E.ablation_setup(lm, config)
-one = setup.batch[:1]
+ablation = E.ablation_setup(base, config)
+one = ablation.batch[:1]
 keep = E.keep_mask(lm.model, one, E.circuit_only(circuit.nodes()))[:, 0]  # [layer, position, head]
-roles = widgets.token_roles(one)
-pd.DataFrame({
-    "token": [lm.tokenizer.decode([int(t)]).strip() for t in one.tokens[0]],
-    "position": [roles.get(i, "") for i in range(one.seq_len)],
-    "heads kept": keep.sum(dim=(0, 2)).tolist(),
-}).T
+kept, rest = views.heads_kept_by_token(lm, one, keep)
+print(f"the other {rest} of the prompt's {one.seq_len} tokens keep no head's own output")
+kept
 
 # %% [markdown]
 # Every ablation is one forward pass with a keep-mask over (layer, prompt, position, head); many
-# ablations share a pass by repeating the prompts along the batch (`circuit_eval.ablation_accuracies`).
+# ablations share a pass by repeating the prompts along the batch
+# (`circuit_eval.ablation_accuracies`).
 #
 # ## Faithfulness
 #
 # Faithfulness = accuracy of the circuit alone / accuracy of the whole model, on the evaluation
 # prompts. The baseline is a **random circuit of the same shape**: as many heads per group and per
-# position, drawn uniformly (we draw without repeats; the authors drew with replacement, paper.md
-# W5), `random_draws` times.
+# position, drawn uniformly (we draw without repeats; the authors drew with replacement, appendix
+# A3, W5), `random_draws` times. One call reads the result back or computes it:
 
 # %%
-faith = E.cached_faithfulness(setup, circuit)
+faith = E.stored_faithfulness(base, circuit, config)
+views.faithfulness_beside_paper(faith)
+
+# %% tags=["hide-input"]
 paper_row = ref.table1().set_index("model").loc["llama-7b"]
-pd.DataFrame({
-    "ours": [faith["full_model"], faith["circuit"], faith["random_circuit"], faith["faithfulness"]],
-    "ours (sd over random draws)": [None, None, faith["random_circuit_sd"], None],
-    "paper (Llama-7B)": [paper_row["full_model"], paper_row["llama_circuit"], paper_row["random_circuit"],
-                         paper_row["faithfulness"]],
-}, index=["full model", "circuit alone", "random circuit", "faithfulness"]).round(3)
-
-# %%
-se = ref.standard_error(faith["circuit"], samples)
+se = ref.standard_error(faith["circuit"], n_samples)
 display(Markdown(
-    f"The circuit alone keeps **{faith['faithfulness']:.2f}** of {base_name}'s accuracy "
-    f"({faith['circuit']:.3f} against {faith['full_model']:.3f}; standard error of the circuit's accuracy ≈ {se:.3f}), "
-    f"while random circuits of the same shape reach {faith['random_circuit']:.3f} ± {faith['random_circuit_sd']:.3f}. "
-    f"The paper's LLaMA circuit keeps {paper_row['faithfulness']:.2f} with random circuits at {paper_row['random_circuit']:.2f}. "
-    f"Note the sizes: our circuit holds {len(set(circuit.nodes()))} of {lm.n_layers * lm.n_heads * 3} "
-    f"(head, position) slots at the three positions, the paper's {ref.CIRCUIT_SIZES['llama-7b']['total']} of 3072, "
-    "so a random circuit of the organism's size covers a much larger share of the model."
+    f"The circuit alone keeps **{views.number(faith['faithfulness'], 2, views.UNDEFINED)}** of "
+    f"{base}'s accuracy ({faith['circuit']:.3f} against {faith['full_model']:.3f}; standard "
+    f"error of the circuit's accuracy ≈ {se:.3f}), while random circuits of the same shape reach "
+    f"{faith['random_circuit']:.3f} ± {faith['random_circuit_sd']:.3f}. The paper's LLaMA circuit "
+    f"keeps {paper_row['faithfulness']:.2f} with random circuits at "
+    f"{paper_row['random_circuit']:.2f}. Note the sizes: our circuit holds "
+    f"{len(set(circuit.nodes()))} of {lm.n_layers * lm.n_heads * 3} (head, position) slots at the "
+    f"three positions, the paper's {ref.CIRCUIT_SIZES['llama-7b']['total']} of 3072, so a random "
+    "circuit of the organism's size covers a much larger share of the model."
 ))
 
 # %% [markdown]
@@ -178,11 +178,8 @@ display(Markdown(
 # *where it acts*?
 
 # %%
-local = E.cached_faithfulness(setup, circuit, ablate_other_positions=False)
-pd.DataFrame([{"mean ablation": "every head outside the circuit, every position (paper)", **{
-                   k: faith[k] for k in ("full_model", "circuit", "random_circuit", "faithfulness")}},
-              {"mean ablation": "only at the circuit's three positions", **{
-                   k: local[k] for k in ("full_model", "circuit", "random_circuit", "faithfulness")}}]).round(3)
+local = E.stored_faithfulness(base, circuit, config, ablate_other_positions=False)
+views.ablation_comparison({"every position (paper)": faith, "circuit's positions only": local})
 
 # %% [markdown]
 # ## Completeness
@@ -191,27 +188,26 @@ pd.DataFrame([{"mean ablation": "every head outside the circuit, every position 
 # ablated as above), with F(M \ K), the whole model with only K ablated at its positions (the
 # authors' `ablate_non_vital_pos=False`). A complete circuit puts every point on the diagonal: the
 # model has no backup route that the circuit lacks. K is drawn at random (each circuit node in or
-# out with probability 1/2, `completeness_draws` times, the authors' seed 5), and is each whole group.
-# Hollow diamonds are the paper's group points for LLaMA-7B.
+# out with probability 1/2, `completeness_draws` times, seed `completeness_seed`), and is each
+# whole group. Hollow diamonds are the paper's group points for LLaMA-7B.
 
 # %%
-comp = E.cached_completeness(setup, circuit)
-paper_comp = ref.completeness().query("circuit == 'llama-7b'")
-plots.completeness_scatter(pd.concat([comp.assign(source="ours"),
-                                      paper_comp[["K", "circuit_without_K", "model_without_K", "source"]]]),
-                           title=f"Completeness of the {base_name} circuit (paper: Llama-7B, hollow)")
+comp = E.stored_completeness(base, circuit, config)
+plots.completeness_scatter(views.completeness_points(comp),
+                           title=f"Completeness of the {base} circuit (paper: Llama-7B, hollow)")
+
+# %% [markdown]
+# Over the random subsets K (mean ± sd), ours beside the paper's LLaMA-7B:
 
 # %%
-summary = E.completeness_summary(comp).assign(circuit=f"{base_name} (ours)")
-paper_summary = ref.completeness_random().query("circuit == 'llama-7b'").assign(circuit="llama-7b (paper)")
-cols = ["circuit", "draws", "model_without_K", "model_without_K_sd", "circuit_without_K", "circuit_without_K_sd",
-        "incompleteness", "incompleteness_sd"]
-pd.concat([summary[cols], paper_summary[cols]], ignore_index=True).round(3)
+summary = E.completeness_summary(comp)
+views.completeness_beside_paper(summary)
+
+# %% [markdown]
+# And with K = each whole group (each cell "ours | paper"):
 
 # %%
-by_group = comp[comp["K"] != "random"].set_index("K")[["circuit_without_K", "model_without_K", "incompleteness"]]
-paper_by_group = paper_comp.set_index("K")[["circuit_without_K", "model_without_K"]].add_suffix(" (paper)")
-pd.concat([by_group, paper_by_group], axis=1).round(3)
+views.completeness_by_group(comp)
 
 # %% [markdown]
 # ## Minimality
@@ -219,60 +215,63 @@ pd.concat([by_group, paper_by_group], axis=1).round(3)
 # Minimality is how the paper turns path patching's candidates into the circuit (chapter 3 prunes
 # with it, as its note above says, unless the candidates alone cannot do the task). For each
 # candidate head v of a group (the other groups stay in), the authors' procedure (`minimality.py`):
-# find the set K of at most 30 % of the group's other heads whose removal makes v matter most
-# (ranked by how much more removing v costs once each one is gone), then measure
-# before = F(C \ K) and after = F(C \ (K ∪ {v})) on the first 100 prompts, every other head
-# mean-ablated. The head's score is before / after − 1; it stays if the score reaches a threshold.
-# The paper states 1 %, but the authors' shipped Goat and FLoat circuits are exactly the heads
-# with a score of at least **0** (paper.md §4.4), so both are shown: pick one with the buttons
-# (they work in the static page); faded bars are the heads that threshold prunes.
+#
+# 1. remove every pair {u, v} of the group's heads, and every single head u;
+# 2. find the set K of at most 30 % of the group's other heads whose removal makes v matter most
+#    (ranked by how much more removing v costs once each u is gone; only positive gains count);
+# 3. measure before = F(C \ K) and after = F(C \ (K ∪ {v})) on the first 100 prompts, every other
+#    head mean-ablated.
+#
+# The head's score is before / after − 1; it stays if the score reaches a threshold. One detail of
+# the authors' code differs from ours: their pair table keeps only the pairs whose joint removal
+# leaves an accuracy **above 0**, so the pair that breaks the circuit completely can never become
+# K; ours keeps every pair (appendix A3, W5). A head whose removal takes accuracy to 0 has an
+# unbounded score; the chart draws it at the top and its tooltip says "removing it leaves 0".
+#
+# The paper states a 1 % threshold, but the authors' shipped Goat and FLoat circuits are exactly
+# the heads with a score of at least **0** (appendix A3, W5), so both are shown: pick one with the
+# buttons (they work in the static page); faded bars are the heads that threshold prunes.
 
 # %%
-pp_config = path_patching.PathPatchingConfig().resolve(lm)
 candidates = Circuit(circuit.model, path_patching.candidates_of(circuit))
-mini_setup = E.ablation_setup(lm, path_patching.eval_config_for(pp_config))
-mini = E.cached_minimality(mini_setup, candidates)  # the table chapter 3 prunes with (read back from results/)
-plots.minimality_bars(mini, thresholds=thresholds,
-                      title=f"Minimality of the {base_name} candidates (paper's mean ablation)")
+mini_config = path_patching.eval_config_for(pp_config)  # chapter 3's minimality prompts
+mini = E.stored_minimality(base, candidates, mini_config)  # the table chapter 3 prunes with
+plots.minimality_bars(views.with_head_names(mini), thresholds=thresholds,
+                      title=f"Minimality of the {base} candidates (paper's mean ablation)")
 
 # %% [markdown]
 # When the circuit alone is near zero under the paper's ablation (see faithfulness above), before
 # and after are both near zero and the scores say little. The same test with the other positions
-# left alone (ablation only at the circuit's three positions) is shown beside it.
+# left alone (ablation only at the circuit's three positions):
 
 # %%
-mini_local = E.cached_minimality(mini_setup, candidates, ablate_other_positions=False)
-plots.minimality_bars(mini_local, thresholds=thresholds,
-                      title=f"Minimality of the {base_name} candidates (ablation only at the circuit's positions)")
+mini_local = E.stored_minimality(base, candidates, mini_config, ablate_other_positions=False)
+plots.minimality_bars(views.with_head_names(mini_local), thresholds=thresholds,
+                      title=f"Minimality of the {base} candidates (circuit's positions only)")
 
 # %% [markdown]
-# The circuit each threshold keeps, and how faithful it is under the same ablation (evaluation
-# prompts and random baseline as above):
+# The circuit each threshold keeps (heads per group A/B/C/D), and how faithful it is under the same
+# ablation (evaluation prompts and random baseline as above):
 
 # %%
-pruned, rows = {}, []
-for label, table_, other in (("paper's", mini, True), ("circuit positions only", mini_local, False)):
-    for t in thresholds:
-        c = pruned[label, t] = E.prune_circuit(candidates, table_, t)
-        f = E.cached_faithfulness(setup, c, ablate_other_positions=other)
-        rows.append({"mean ablation": label, "threshold": f"{t:.0%}", **c.sizes(), "total": len(c),
-                     "circuit": f["circuit"], "random_circuit": f["random_circuit"], "faithfulness": f["faithfulness"]})
-pd.DataFrame(rows).round(3)
+tables = {"paper's": (mini, True), "circuit positions only": (mini_local, False)}
+pruned, pruned_table = views.pruned_faithfulness(base, candidates, tables, thresholds, config)
+pruned_table
 
-# %%
-zero = mini[mini["drop"] <= 0]
-zero_local = mini_local[mini_local["drop"] <= 0]
-paper_candidates = {c: "/".join(map(str, f["candidates"])) for c, f in ref.minimality().groupby("circuit")}
+# %% tags=["hide-input"]
+zero, zero_local = views.zero_drop_heads(mini), views.zero_drop_heads(mini_local)
+paper_candidates = {c: "/".join(map(str, f["candidates"]))
+                    for c, f in ref.minimality().groupby("circuit")}
 at_1pct = {c: "/".join(map(str, sizes)) for c, sizes in ref.MINIMALITY_AT_1PCT.items()}
 shipped = {c: "/".join(map(str, info["sizes"])) for c, info in ref.CIRCUIT_SIZES.items()}
 display(Markdown(
-    f"Under the paper's ablation, {len(zero)} of {len(mini)} candidates cost nothing when removed on top of "
-    f"their K ({', '.join(f'L{r.layer}H{r.head} ({r.group})' for r in zero.itertuples()) or 'none'}); with the "
-    f"other positions left alone, {len(zero_local)} do. A 0 threshold keeps a head whose drop is exactly 0, "
-    f"1 % removes it. Paper: LLaMA's candidates were {paper_candidates['llama-7b']} (A/B/C/D) and its "
-    f"circuit is exactly those at ≥ 1 %; Goat's and FLoat's were {paper_candidates['goat-7b']} and their circuits "
-    f"are those at ≥ 0 % (at 1 % they would have had {at_1pct['goat-7b']} and {at_1pct['float-7b']} heads instead of "
-    f"{shipped['goat-7b']} and {shipped['float-7b']}; paper.md §4.4)."
+    f"Under the paper's ablation, {len(zero)} of {len(mini)} candidates cost nothing when removed "
+    f"on top of their K ({', '.join(zero) or 'none'}); with the other positions left alone, "
+    f"{len(zero_local)} do. A 0 threshold keeps a head whose drop is exactly 0, 1 % removes it. "
+    f"Paper: LLaMA's candidates were {paper_candidates['llama-7b']} (A/B/C/D) and its circuit is "
+    f"exactly those at ≥ 1 %; Goat's and FLoat's were {paper_candidates['goat-7b']} and their "
+    f"circuits are those at ≥ 0 % (at 1 % they would have had {at_1pct['goat-7b']} and "
+    f"{at_1pct['float-7b']} heads instead of {shipped['goat-7b']} and {shipped['float-7b']})."
 ))
 
 # %% [markdown]
@@ -280,136 +279,144 @@ display(Markdown(
 #
 # The paper's Table 1: the LLaMA circuit, unchanged, evaluated inside each model (each with its
 # own reference means), against that model's full accuracy and random circuits. Its headline: the
-# LLaMA circuit inside Goat and FLoat (0.73, 0.72) does better than the whole of LLaMA (0.66), so the
-# fine-tuned models improve the task through the same heads.
+# LLaMA circuit inside Goat and FLoat (0.73, 0.72) does better than the whole of LLaMA (0.66), so
+# the fine-tuned models improve the task through the same heads. One call evaluates the circuit
+# inside every variant, under both ablations; each cell below reads "ours | paper" (the paper's
+# row is the 7B model the variant stands for):
 
 # %%
-del lm, setup, mini_setup  # one model in memory at a time: each variant is loaded in turn below
-both = E.faithfulness_across(variants, [circuit], config, ablate_other_positions=(True, False))
-table = both[both["ablate_other_positions"]]
-beside = E.table1_beside_paper(table, circuit.model)
-beside.round(3)
+del lm, ablation  # one model in memory at a time: each variant is loaded in turn below
+both = E.faithfulness_table(names, [circuit], config, ablate_other_positions=(True, False))
+views.table1_compact(E.table1_beside_paper(both, circuit.model))
 
 # %% [markdown]
-# The same with the other positions left alone (ablation only at the circuit's three positions):
+# The same with the other positions left alone (ablation only at the circuit's three positions;
+# the paper has no such table):
 
 # %%
-local_table = both[~both["ablate_other_positions"]].reset_index(drop=True)
-local_table[["model", "full_model", "circuit", "random_circuit", "random_circuit_sd", "faithfulness"]].round(3)
+views.local_table(both)
 
 # %%
-long = both.assign(ablation=both["ablate_other_positions"].map({True: "paper's ablation",
-                                                              False: "circuit positions only"})).melt(
-    id_vars=["model", "ablation"], value_vars=["full_model", "circuit", "random_circuit"],
-    var_name="measure", value_name="accuracy")
-plots.grouped_bar_chart(long, x="model", y="accuracy", color="measure", column="ablation", y_domain=[0, 1],
-                        title=f"The {base_name} circuit inside every variant")
+plots.grouped_bar_chart(views.accuracies_long(both), x="model", y="accuracy", color="measure",
+                        column="ablation", y_domain=[0, 1], x_title="model evaluated",
+                        y_title="accuracy", color_title="what runs",
+                        title=f"The {base} circuit inside every variant")
 
-# %%
-full_base = table.set_index("model").loc[base_name, "full_model"]
+# %% tags=["hide-input"]
+full_base = both.set_index(["model", "ablate_other_positions"]).loc[(base, True), "full_model"]
 lines = []
-for r in both[both["model"] != base_name].itertuples():
-    noise = 2 * (ref.standard_error(r.circuit, samples) ** 2 + ref.standard_error(full_base, samples) ** 2) ** 0.5
-    verdict = "above" if r.circuit - full_base > noise else ("below" if full_base - r.circuit > noise else "within noise of")
+for r in both[both["model"] != base].itertuples():
+    noise = 2 * (ref.standard_error(r.circuit, n_samples) ** 2
+                 + ref.standard_error(full_base, n_samples) ** 2) ** 0.5
+    gap = r.circuit - full_base
+    verdict = "above" if gap > noise else ("below" if -gap > noise else "within noise of")
     pm = ref.paper_model_of(r.model)
     paper_note = ""
-    if pm in ref.TABLE1 and pm != "llama-7b":
-        paper_note = f" (paper, {ref.MODEL_TITLES[pm]}: {ref.TABLE1[pm][1]:.2f} vs Llama-7B's {ref.TABLE1['llama-7b'][0]:.2f})"
-    how = "paper's ablation" if r.ablate_other_positions else "ablation only at the circuit's positions"
-    lines.append(f"* inside **{r.model}** ({how}) the base circuit reaches {r.circuit:.3f}, {verdict} the full base "
-                 f"model's {full_base:.3f} (±{noise:.3f}), faithfulness {r.faithfulness:.2f}"
-                 f"{paper_note if r.ablate_other_positions else ''}")
+    if r.ablate_other_positions and pm in ref.TABLE1 and pm != "llama-7b":
+        paper_note = (f" (paper, {ref.MODEL_TITLES[pm]}: {ref.TABLE1[pm][1]:.2f} vs Llama-7B's "
+                      f"{ref.TABLE1['llama-7b'][0]:.2f})")
+    how = views.ABLATIONS[r.ablate_other_positions]
+    lines.append(f"* inside **{r.model}** ({how}) the base circuit reaches {r.circuit:.3f}, "
+                 f"{verdict} the full base model's {full_base:.3f} (±{noise:.3f}), faithfulness "
+                 f"{views.number(r.faithfulness, 2, views.UNDEFINED)}{paper_note}")
 display(Markdown("\n".join(lines) if lines else "No fine-tuned variant ran here."))
 
 # %% [markdown]
 # ## Each variant's own circuit
 #
-# Path patching run afresh in each fine-tuned model (chapter 3's code, same parameters) gives each
+# Path patching run afresh in each fine-tuned model (chapter 3's code, same settings) gives each
 # its own circuit. The paper found the Goat and FLoat circuits larger (175 heads against 72) and
 # containing most of the LLaMA circuit; it evaluated each circuit inside every model. The paper has
-# no Vicuna circuit; ours is shown too.
+# no Vicuna circuit; ours is shown too. Heads per group, ours above the paper's:
 
 # %%
-circuits = {base_name: circuit, **{v: circuit_of(v) for v in finetuned}}
-pd.DataFrame([{"circuit": name, **c.sizes(), "total": len(c), "unique heads": len(c.unique_heads())}
-              for name, c in circuits.items()])
+circuits = {base: circuit, **{v: path_patching.stored_circuit(v, pp_config) for v in finetuned}}
+views.circuit_sizes_table(circuits)
+
+# %% [markdown]
+# Every circuit inside every model, under the paper's ablation. Each cell: the circuit's accuracy
+# (its faithfulness); each column: a model, whose full accuracy is the first row.
 
 # %%
-cross_both = E.faithfulness_across(variants, list(circuits.values()), config, ablate_other_positions=(True, False))
-cross = cross_both[cross_both["ablate_other_positions"]]
-cell = cross.assign(value=[f"{c:.2f} ({f:.2f})" for c, f in zip(cross["circuit"], cross["faithfulness"])])
-ours_grid = cell.pivot(index="circuit_of", columns="model", values="value").loc[list(circuits), variants]
-ours_grid.columns = [f"{m} ({a:.2f})" for m, a in
-                     cross.drop_duplicates("model").set_index("model").loc[variants, "full_model"].items()]
-print("ours, paper's ablation: circuit accuracy (faithfulness); column = model (its full accuracy)")
-ours_grid
+cross_both = E.faithfulness_table(names, list(circuits.values()), config,
+                                  ablate_other_positions=(True, False))
+circuit_order = [c.model for c in circuits.values()]
+model_order = [variants.label(v) for v in names]
+views.cross_grid(cross_both[cross_both["ablate_other_positions"]], circuit_order, model_order)
+
+# %% [markdown]
+# The same with ablation only at the circuit's positions:
 
 # %%
-local_cross = cross_both[~cross_both["ablate_other_positions"]]
-print("ours, ablation only at the circuit's positions: circuit accuracy (faithfulness)")
-local_cross.assign(value=[f"{c:.2f} ({f:.2f})" for c, f in zip(local_cross["circuit"], local_cross["faithfulness"])]
-                   ).pivot(index="circuit_of", columns="model", values="value").loc[list(circuits), variants]
+views.cross_grid(cross_both[~cross_both["ablate_other_positions"]], circuit_order, model_order)
+
+# %% [markdown]
+# The paper's, in the same layout (its appendix table; LLaMA's row is Table 1):
 
 # %%
-paper_grid = ref.own_circuit_faithfulness()
-paper_grid = paper_grid.assign(value=[f"{c:.2f} ({f:.2f})" for c, f in
-                                      zip(paper_grid["circuit_accuracy"], paper_grid["faithfulness"])])
-print("paper: circuit accuracy (faithfulness); column = model")
-paper_grid.pivot(index="circuit", columns="model", values="value").loc[["llama-7b", "goat-7b", "float-7b"],
-                                                                        list(ref.MODELS)]
+views.paper_cross_grid()
 
 # %% [markdown]
 # ## Overlap between the circuits
 #
 # How much of the base circuit each fine-tuned circuit contains (same head, same group), beside the
-# paper's LLaMA ⊂ Goat / FLoat counts.
+# paper's LLaMA ⊂ Goat / FLoat counts. Each cell: shared nodes / the base circuit's nodes (share).
 
 # %%
 ours_overlap = E.overlap_table(circuit, {v: circuits[v] for v in finetuned})
-paper_overlap = ref.overlap().assign(other=lambda f: f["other"] + " (paper)")
-cols = ["group", "other", "llama_heads", "other_heads", "shared", "frac_llama_in_other", "frac_other_in_llama"]
-pd.concat([ours_overlap[cols], paper_overlap[cols]], ignore_index=True).rename(
-    columns={"llama_heads": "base heads", "frac_llama_in_other": "frac. base in other",
-             "frac_other_in_llama": "frac. other in base"}).round(2)
+views.overlap_compact(ours_overlap)
 
 # %% [markdown]
 # ## What matches and what differs
 #
 # The summary below is computed from the tables above.
 
-# %%
+# %% tags=["hide-input"]
+paper_summary = ref.completeness_random().set_index("circuit").loc["llama-7b"]
+by_group = comp[comp["K"] != "random"].set_index("K")
+random_share = (faith["random_circuit"] / faith["full_model"] if faith["full_model"]
+                else float("nan"))
 lines = [
-    f"* **Faithfulness**: the {base_name} circuit keeps {faith['faithfulness']:.2f} of the model's accuracy "
-    f"(paper, Llama-7B: {paper_row['faithfulness']:.2f}); random circuits reach "
-    f"{faith['random_circuit'] / faith['full_model'] if faith['full_model'] else float('nan'):.2f} of it "
-    f"(paper: {paper_row['random_circuit'] / paper_row['full_model']:.2f}). Ablating only at the circuit's "
-    f"three positions, it keeps {local['faithfulness']:.2f} (random circuits {local['random_faithfulness']:.2f}).",
-    f"* **Completeness**: mean incompleteness over random K {summary['incompleteness'].iloc[0]:.2f} ± "
-    f"{summary['incompleteness_sd'].iloc[0]:.2f} (paper, Llama-7B: {paper_summary['incompleteness'].iloc[0]:.2f} ± "
-    f"{paper_summary['incompleteness_sd'].iloc[0]:.2f})"
-    + (f"; the group farthest from the diagonal is {by_group['incompleteness'].idxmax()} "
+    f"* **Faithfulness**: the {base} circuit keeps "
+    f"{views.number(faith['faithfulness'], 2, views.UNDEFINED)} of the model's accuracy (paper, "
+    f"Llama-7B: {paper_row['faithfulness']:.2f}); random circuits reach "
+    f"{views.number(random_share, 2, views.UNDEFINED)} of it (paper: "
+    f"{paper_row['random_circuit'] / paper_row['full_model']:.2f}). Ablating only at the "
+    f"circuit's three positions, it keeps "
+    f"{views.number(local['faithfulness'], 2, views.UNDEFINED)} "
+    f"(random circuits {views.number(local['random_faithfulness'], 2, views.UNDEFINED)}).",
+    f"* **Completeness**: mean incompleteness over random K "
+    f"{summary['incompleteness'].iloc[0]:.2f} ± {summary['incompleteness_sd'].iloc[0]:.2f} "
+    f"(paper, Llama-7B: {paper_summary['incompleteness']:.2f} ± "
+    f"{paper_summary['incompleteness_sd']:.2f})"
+    + (f"; the group farthest from the diagonal is "
+       f"{GROUP_LETTERS[by_group['incompleteness'].idxmax()]} "
        f"({by_group['incompleteness'].max():.2f})." if len(by_group) else "."),
     f"* **Minimality**: of {len(mini)} path-patching candidates, "
-    + ", ".join(f"{len(c)} reach {t:.0%} under the {label} ablation" for (label, t), c in pruned.items()) + ".",
+    + ", ".join(f"{len(c)} reach {t:.0%} under the {how} ablation"
+                for (how, t), c in pruned.items()) + ".",
 ]
-for r in both[both["model"] != base_name].itertuples():
-    how = "paper's ablation" if r.ablate_other_positions else "only at its positions"
+for r in both[both["model"] != base].itertuples():
+    how = views.ABLATIONS[r.ablate_other_positions]
+    above = "above" if r.circuit > full_base else "not above"
     lines.append(f"* **{r.model}** ({how}): the base circuit inside it scores {r.circuit:.3f} "
-                 f"({'above' if r.circuit > full_base else 'not above'} the full base model's {full_base:.3f}).")
+                 f"({above} the full base model's {full_base:.3f}).")
 paper_all = ref.overlap().query("group == 'all'").set_index("other")
 for name in finetuned:
     o = ours_overlap[(ours_overlap["other"] == name) & (ours_overlap["group"] == "all")].iloc[0]
     pm = ref.paper_model_of(name)
-    paper_note = (f"paper: {paper_all.loc[pm, 'frac_llama_in_other']:.0%} of LLaMA's in {ref.MODEL_TITLES[pm]}'s"
-                  if pm in paper_all.index else "the paper found no circuit for this model")
-    lines.append(f"* **{name}'s own circuit** contains {o['frac_llama_in_other']:.0%} of the base circuit's nodes "
-                 f"({paper_note}).")
+    paper_note = (f"paper: {paper_all.loc[pm, 'frac_llama_in_other']:.0%} of LLaMA's in "
+                  f"{ref.MODEL_TITLES[pm]}'s" if pm in paper_all.index
+                  else "the paper found no circuit for this model")
+    lines.append(f"* **{name}'s own circuit** contains {o['frac_llama_in_other']:.0%} of the base "
+                 f"circuit's nodes ({paper_note}).")
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # Caveats. The organism has a few dozen heads, not LLaMA-7B's 1,024 (see the head count at the
 # top): a circuit is a large share of it, so faithfulness and random baselines are not on the same
-# scale as the paper's. The paper's Goat numbers were computed with Goat's `o_proj` LoRA update dropped in every
-# hooked forward (paper.md W4); ours keep it (the adapter is merged). The paper rounded each
-# accuracy to two decimals before dividing; we do not. With 500 prompts the standard error of an
-# accuracy near 0.7 is about 0.02, so differences below about 0.03 are noise, in the paper too.
+# scale as the paper's. The paper's Goat numbers were computed with Goat's `o_proj` LoRA update
+# dropped in every hooked forward (appendix A3, W4); ours keep it (the adapter is merged). The
+# paper rounded each accuracy to two decimals before dividing; we do not. With 500 prompts the
+# standard error of an accuracy near 0.7 is about 0.02, so differences below about 0.03 are noise,
+# in the paper too.

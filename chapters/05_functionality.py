@@ -56,63 +56,61 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # 2. **Activation patching** of the heads DCM selected, in every model, on fresh prompts: if the
 #    heads carry the variable there too, the model says what the hypothesis predicts.
 #
-# The chapter runs on the CPU organism by default (`organism-base` stands in for LLaMA-7B; see the
-# appendix on the organism). Set `model = "llama-7b"` and `variants = "7b"` to run it at the paper's
-# scale on a GPU.
+# The chapter runs on the CPU organism by default (`organism-base` stands in for LLaMA-7B and its
+# three fine-tunes for Vicuna-7B, Goat-7B and FLoat-7B; see appendix A1). Set `base = "llama-7b"`
+# and `finetuned = ["vicuna-7b", "goat-7b", "float-7b"]` to run it at the paper's scale on a GPU.
 
 # %% tags=["parameters"]
-model = "organism-base"   # the model whose circuit DCM runs on (the paper: LLaMA-7B, "llama-7b")
-variants = "organism"     # models the DCM heads are patched in: "organism", "7b", or a list of names
-circuits = ["organism-base"]  # whose circuits get DCM + patching (the paper: LLaMA, Goat and FLoat)
+base = "organism-base"    # whose circuit DCM runs on (the paper: LLaMA-7B, "llama-7b")
+finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # patched too (the paper: 7B)
+other_circuits = []       # fine-tunes whose own circuits also get DCM (the paper: Goat, FLoat)
 n_boxes = 7               # boxes per prompt (the paper: 7)
 dataset_seed = 0          # seed of the prompts, shared by every chapter
-seed = 20                 # pairing seed of DCM and of the patching draws (the authors' 20)
+dcm_seed = 20             # DCM's torch seed and pairing seed (the authors' 20)
 dcm_pairs = 2000          # DCM pairs, split 50/25/25 into train/validation/test (the paper: 2,000)
-check_pairs = 500         # base prompts per activation-patching draw (the paper: 500)
+pairing_seed = 20         # seed of the activation-patching draws (the authors' 20)
+check_prompts = 500       # base prompts per activation-patching draw (the paper: 500)
 draws = 10                # activation-patching draws (fresh pairings) per cell (the paper: 10)
-compare_authors = True    # measure the authors' data bugs B1/B2 on `model` (section at the end)
-additional = True         # the appendix's eleven additional desiderata for the position transmitters
-circuit_config = {}       # changes to chapter 3's path-patching settings (`path_patching.PathPatchingConfig`)
+compare_authors = True    # measure the authors' data bugs B1/B2 on `base` (section at the end)
+additional = True         # the appendix's eleven additional desiderata for group B
 
-# %%
-import altair as alt
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from entity_tracking import circuit as circuit_mod, data as D, dcm, path_patching, plots, widgets
-from entity_tracking import cache, patching as P
+from entity_tracking import claims, data as D, dcm, path_patching, plots, variants
+from entity_tracking import functionality_views as views
 from entity_tracking import paper_reference as ref
+from entity_tracking.circuit import GROUPS
+from entity_tracking.patching import activation_patch, heads_at
 
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
-pd.set_option("display.max_colwidth", None)  # prompts and claims are long; show them whole
-variant_names = widgets.runnable_variants(widgets.requested_variants(variants))
-circuit_names = widgets.runnable_variants(list(dict.fromkeys([model, *circuits])), required=[model])
-GROUPS = list(circuit_mod.GROUPS)
-DCM_CONFIG = dcm.DCMConfig(n_train=dcm_pairs // 2, n_val=dcm_pairs // 4, n_test=dcm_pairs - dcm_pairs // 2 - dcm_pairs // 4,
-                           seed=seed, dataset_seed=dataset_seed, n_boxes=n_boxes)
-CHECK_CONFIG = dcm.PatchingCheckConfig(n_pairs=check_pairs, n_draws=draws, seed=seed, dataset_seed=dataset_seed,
-                                       n_boxes=n_boxes)
-print("circuits:", ", ".join(circuit_names), "| patched in:", ", ".join(variant_names))
+pd.set_option("display.max_colwidth", None)  # head lists and claims are short; show them whole
+names = variants.runnable([base, *finetuned], required=[base])
+circuit_names = variants.runnable(list(dict.fromkeys([base, *other_circuits])), required=[base])
+pp_config = path_patching.PathPatchingConfig()  # chapter 3's settings, with this chapter's prompts
+pp_config = replace(pp_config, task=replace(pp_config.task, n_boxes=n_boxes,
+                                            dataset_seed=dataset_seed))
+task = D.TaskConfig(n_boxes=n_boxes, dataset_seed=dataset_seed)
+dcm_config = dcm.DCMConfig(task=replace(task, n_samples=dcm_pairs), dcm_seed=dcm_seed)
+check_config = dcm.PatchingCheckConfig(task=replace(task, n_samples=check_prompts), n_draws=draws,
+                                       pairing_seed=pairing_seed)
+setup = replace(claims.setup_for(names),
+                configs={"path_patching": pp_config, "dcm": dcm_config, "check": check_config})
+claims.reproduction_box(claims.reproduction_checks(setup, keys=["functionality"]))
 
 # %% [markdown]
 # ## The circuit
 #
-# Each variant's circuit is the one chapter 3 found by path patching, loaded (or discovered, the
-# first time) with the same call and parameters.
+# The base model's circuit is the one chapter 3 found by path patching, read back with the same
+# call and settings (`path_patching.stored_circuit`).
 
 # %%
-def load_circuit(variant: str) -> circuit_mod.Circuit:
-    config = path_patching.PathPatchingConfig(**{"n_boxes": n_boxes, "dataset_seed": dataset_seed, **circuit_config})
-    return path_patching.load_or_discover_circuit(widgets.resident_model(variant), config)
-
-
-lm = widgets.resident_model(model)
-model_name = lm.spec.name  # how result tables name it
-circuit = load_circuit(model)
-pd.DataFrame({"group": GROUPS, "position": [circuit_mod.GROUPS[g] for g in GROUPS],
-              "heads": [len(circuit.groups[g]) for g in GROUPS],
-              "heads (layer.head)": [" ".join(f"{l}.{h}" for l, h in circuit.groups[g]) for g in GROUPS]})
+circuit = path_patching.stored_circuit(base, pp_config)
+views.circuit_table(circuit)
 
 # %% [markdown]
 # ## Three hypotheses, three counterfactuals
@@ -121,50 +119,44 @@ pd.DataFrame({"group": GROUPS, "position": [circuit_mod.GROUPS[g] for g in GROUP
 # prompt; patch a group's heads, at the group's position, from the source run into the base run.
 # If the heads carry variable X, the model should now answer as if X were the source's X:
 #
-# | desideratum | source | the model should say, if the heads carry it |
+# | desideratum | source | if the heads carry it, the model says |
 # |---|---|---|
-# | object value | another context, queried at a different segment | the **source's** answer (an object absent from the base) |
-# | box label value | another context whose query letter labels a *different* box of the base | the base object in the box with the **source's query letter** |
-# | positional | another context, queried at a different segment | the base object at the **source's query segment** |
+# | object value | another context, queried at another segment | the **source's** answer |
+# | box label | another context whose query letter labels *another* box of the base | the base object in the box with the **source's query letter** |
+# | position | another context, queried at another segment | the base object at the **source's query segment** |
 #
 # Here is one pair of each (the first prompt as base), with each prompt's correct answer:
 
 # %%
-examples = lm.dataset(n_boxes, 60, dataset_seed)
-rows = []
-for name in D.DESIDERATA:
-    pair = D.desideratum_pairs(name, examples, 1, pool=60, seed=seed)
-    base, source = pair.base[0], pair.source[0]
-    rows.append({"desideratum": name, "base": base.prompt, "base answer": base.answer,
-                 "source": source.prompt, "source answer": source.answer,
-                 "source query segment": source.query_index, "target": pair.targets[0]})
-for row in rows:
-    print(f"{row['desideratum']}\n  base:   {row['base']}  -> {row['base answer']}\n"
-          f"  source: {row['source']}  -> {row['source answer']} (segment {row['source query segment']})\n"
-          f"  target: {row['target']}\n")
+lm = variants.load(base)
+examples = lm.examples(replace(task, n_samples=60))
+pairs = {name: D.desideratum_pairs(name, examples, 1, pool=60, seed=dcm_seed)
+         for name in D.DESIDERATA}
+display(Markdown(views.pair_lines(pairs)))
 
 # %% [markdown]
 # On these very pairs, patch each group's *whole* head set (all its circuit heads) at its position
-# and read the model's top next token. A row's `target` column says what each desideratum predicts.
+# and read the model's top next token. The `target` column says what each desideratum predicts; a
+# group with no heads changes nothing.
 
 # %%
-def one_pair_predictions(lm, circuit, examples) -> pd.DataFrame:
-    out = []
-    for name in D.DESIDERATA:
-        pair = D.tokenize_pairs(D.desideratum_pairs(name, examples, 1, pool=len(examples), seed=seed), lm.tokenizer)
-        pair = dcm.pairs_to(pair, lm.device)
-        with torch.no_grad():
-            row = {"desideratum": name, "target": lm.tokenizer.decode(pair.target_ids).strip(),
-                   "unpatched": lm.tokenizer.decode(lm.model(pair.base.tokens)[:, -1].argmax(-1)).strip()}
-            for g in GROUPS:
-                logits = P.activation_patch(lm.model, pair.base, pair.source,
-                                            P.heads_at(circuit.groups[g], circuit_mod.GROUPS[g]))
-                row[plots.GROUP_LABELS[g]] = lm.tokenizer.decode(logits[:, -1].argmax(-1)).strip()
-        out.append(row)
-    return pd.DataFrame(out).set_index("desideratum")
+def top(logits):
+    return lm.tokenizer.decode(logits[:, -1].argmax(-1)).strip()
 
 
-one_pair_predictions(lm, circuit, examples)
+rows = []
+for name, pair in pairs.items():
+    batch = D.tokenize_pairs(pair, lm.tokenizer)
+    base_run, source_run = batch.base.to(lm.device), batch.source.to(lm.device)
+    with torch.no_grad():
+        row = {"desideratum": name, "target": pair.targets[0],
+               "unpatched": top(lm.model(base_run.tokens))}
+        for g in GROUPS:
+            nodes = heads_at(circuit.groups[g], GROUPS[g])
+            logits = activation_patch(lm.model, base_run, source_run, nodes)
+            row[plots.GROUP_LABELS[g]] = top(logits)
+    rows.append(row)
+pd.DataFrame(rows).set_index("desideratum")
 
 # %% [markdown]
 # One pair proves nothing; the experiments below count over hundreds.
@@ -176,174 +168,159 @@ one_pair_predictions(lm, circuit, examples)
 #
 # $$z_h \leftarrow m_h\, z_h(\text{base}) + (1 - m_h)\, z_h(\text{source}),$$
 #
-# so $m_h = 1$ leaves the head alone and $m_h = 0$ patches it fully. The mask starts at all ones and
-# is trained (Adam, learning rate 0.1, 2 epochs, batch 32, the mask clamped to $[0,1]$ before each step)
-# to minimise
+# so $m_h = 1$ leaves the head alone and $m_h = 0$ patches it fully. Here is that blend on the
+# object-value pair above, for the value fetchers, with every head's mask set to the same value;
+# watch the logit of the target (the source's answer) as the mask moves from 1 to 0.
+
+# %%
+group, desideratum = "value_fetcher", "object_value"
+heads = circuit.groups[group]
+pair = dcm.pairs_to(D.tokenize_pairs(pairs[desideratum], lm.tokenizer), lm.device)
+patch = dcm.prepare_patch_data(lm.model, pair, heads, group)  # positions, source outputs
+for m in (1.0, 0.5, 0.0):
+    blend = dcm.Blend(heads, torch.full((len(heads),), m), patch)
+    with torch.no_grad():
+        logits = dcm.blended_logits(lm.model, [blend])
+    target_logit = float(dcm.target_logits(logits, patch.targets)[0])
+    target = pairs[desideratum].targets[0]
+    print(f"m = {m:.1f}: logit of {target!r} {target_logit:6.2f}, top token {top(logits)!r}")
+
+# %% [markdown]
+# The mask starts at all ones and is trained (Adam, learning rate 0.1, 2 epochs, batch 32, the mask
+# clamped to $[0,1]$ before each step) to minimise
 #
 # $$\mathcal{L} = -\,\overline{\text{logit}(\text{target})} + \lambda \sum_h (1 - m_h), \qquad \lambda = 0.01,$$
 #
 # i.e. to raise the target's logit while patching as few heads as possible. Every fourth step the
 # *rounded* mask is scored on the validation pairs (is the top token the target?), the best one is
 # kept (ties: more heads), and the heads whose rounded mask is 0 are the answer. That mask is then
-# scored on held-out test pairs. One run is `dcm.run_dcm`; `dcm.dcm_circuit_frames` runs every group
-# with every desideratum and stores each run under `results/dcm/`. The pairs come from the first `dcm_pairs` prompts, split in order into
-# train / validation / test (the paper: 1,000 / 500 / 500).
+# scored on held-out test pairs. The pairs come from the first `dcm_pairs` prompts, split in order
+# into train / validation / test (the paper: 1,000 / 500 / 500). One run is `dcm.run_dcm`; here it
+# is for the value fetchers and the object value:
 
 # %%
-def dcm_results(variant: str, config: dcm.DCMConfig = DCM_CONFIG) -> dict:
-    """DCM for every group x desideratum of the variant's circuit; each run is stored in results/dcm/
-    by its parameters, so a rerun, or another chapter asking for the same run, reads it back."""
-    summary, history = dcm.dcm_circuit_frames(widgets.resident_model(variant), load_circuit(variant), config=config)
-    return {"summary": summary, "history": history}
-
-
-dcm_runs = {name: dcm_results(name) for name in circuit_names}
-summary = dcm_runs[model]["summary"]
-summary[["group", "desideratum", "candidates", "n_heads", "heads", "validation_accuracy", "test_accuracy"]]
+one_run = dcm.run_dcm(lm, heads, group, desideratum, dcm_config)
+print(f"selected {views.heads_text(one_run.heads)} of {views.heads_text(heads)}")
+print(f"validation accuracy {one_run.validation_accuracy:.3f}, test {one_run.test_accuracy:.3f}")
 
 # %% [markdown]
-# How the mask moved during training, for each group with the desideratum its name predicts
+# `dcm.stored_circuit_dcm` does the same for every group with every desideratum, all twelve masks
+# trained together in one optimisation (each mask touches only its own prompts, so this is
+# training each alone, with one forward pass per step), and stores each run under `results/dcm/`.
+# The table puts our runs beside the paper's LLaMA-7B runs (the authors' result files,
+# `experiment_2/results/DCM/`).
+
+# %%
+summary, history = dcm.stored_circuit_dcm(base, circuit, dcm_config)
+dcm_heads = dcm.heads_of(summary)
+views.dcm_beside_paper(summary, ref.paper_model_of(base) or "llama-7b")
+
+# %% tags=["hide-input"]
+same = sorted(dcm_heads[(group, desideratum)]) == sorted(one_run.heads)
+display(Markdown(
+    f"The single run above selected {views.heads_text(one_run.heads)}; the joint run selected "
+    f"{views.heads_text(dcm_heads[(group, desideratum)])} for the same group and desideratum"
+    + (" — the same heads." if same else
+       " — not the same heads: the two runs differ in the order of floating-point sums, and a mask "
+       "entry near 0.5 can round either way.")))
+
+# %% [markdown]
+# How the masks moved during training, for each group with the desideratum its name predicts
 # (the number of heads the rounded mask would patch, and the validation accuracy where it was
 # measured; the kept mask is the best validation point):
 
-# %%
-history = dcm_runs[model]["history"]
-named = {"value_fetcher": "object_value", "position_transmitter": "positional",
-         "position_detector": "positional", "structure_reader": "positional"}
-curves = pd.concat([history[(history.group == g) & (history.desideratum == d)] for g, d in named.items()])
-base_chart = alt.Chart(curves).encode(x=alt.X("step:Q", title="training step"),
-                                      color=alt.Color("group:N", scale=plots.group_scale(curves["group"])))
-alt.hconcat(
-    base_chart.mark_line().encode(y=alt.Y("n_heads:Q", title="heads patched (rounded mask = 0)")),
-    base_chart.transform_filter("isValid(datum.val_accuracy)").mark_line(point=True).encode(
-        y=alt.Y("val_accuracy:Q", title="validation accuracy")),
-).properties(title=f"DCM training on {model}")
+# %% tags=["hide-input"]
+views.dcm_training_chart(history, title=f"DCM training on the {base} circuit")
 
 # %% [markdown]
-# The test accuracy of each group's DCM mask, per desideratum, beside the paper's LLaMA-7B runs
-# (bars: ours, table: both). A group "carries" a variable when its mask reaches a clearly higher
-# accuracy for that desideratum than for the others.
+# The test accuracy of each group's DCM mask, per desideratum. A group "carries" a variable when
+# its mask reaches a clearly higher accuracy for that desideratum than for the others.
 
-# %%
-plots.grouped_bar_chart(summary, x="group", y="test_accuracy", color="desideratum",
-                        title=f"DCM test accuracy ({model} circuit)", y_title="test accuracy",
-                        y_domain=(0, 1))
+# %% tags=["hide-input"]
+def words(frame):
+    return frame.assign(desideratum=frame["desideratum"].map(views.DESIDERATUM_WORDS))
 
-# %%
-paper_dcm = ref.dcm()
-paper_model = ref.paper_model_of(model) or "llama-7b"
-paper_rows = paper_dcm[paper_dcm.circuit == paper_model].set_index(["group", "desideratum"])
-beside = summary.set_index(["group", "desideratum"])[["candidates", "n_heads", "test_accuracy"]].join(
-    paper_rows[["circuit_heads", "heads", "test_accuracy"]].rename(
-        columns={"circuit_heads": "paper candidates", "heads": "paper heads", "test_accuracy": "paper test accuracy"}))
-print(f"paper: {ref.MODEL_TITLES[paper_model]} circuit; {ref.provenance('dcm')}")
-beside
+
+plots.grouped_bar_chart(words(summary), x="group", y="test_accuracy", color="desideratum",
+                        y_domain=(0, 1), width=300, y_title="test accuracy",
+                        title=f"DCM test accuracy ({base} circuit)")
 
 # %% [markdown]
-# The paper's `box_label_value` column is 0.000 in every run because its target token was never a
-# token the model predicts (bug B2, see the last section); ours uses the correct target.
+# The paper's box-label column is 0.00 in every run because its target token was never a token the
+# model predicts (bug B2, see the last section); ours uses the correct target.
 #
 # ## Do the same heads carry the same variable in every model?
 #
-# The check (`dcm.desideratum_accuracy`): patch the heads DCM selected for one group and one
+# The check (`dcm.stored_patching_check`): patch the heads DCM selected for one group and one
 # desideratum, fully ($m = 0$), at the group's position, from fresh random sources into the first
-# `check_pairs` prompts, and count how often the model says the target. Each of the `draws` draws
+# `check_prompts` prompts, and count how often the model says the target. Each of the `draws` draws
 # pairs the prompts afresh; bars show the mean and the error bars one standard deviation over draws.
-# The heads are the DCM heads of the `model` circuit, patched in every variant (the paper's main
+# The heads are the DCM heads of the base circuit, patched in every variant (the paper's main
 # figure: the LLaMA circuit's heads in all four models).
 
 # %%
-def patching_results(variant: str, circuit_name: str, config: dcm.PatchingCheckConfig = CHECK_CONFIG) -> pd.DataFrame:
-    """One row per group x desideratum x draw: accuracy of the target with the DCM heads patched."""
-    lm = widgets.resident_model(variant)
-    heads = dcm.heads_of(dcm_runs[circuit_name]["summary"])
-    params = {"model": cache.model_fingerprint(lm), "circuit": circuit_name,
-              "heads": {f"{g}/{d}": h for (g, d), h in heads.items()}, "config": config}
-    return cache.cached("functionality_patching", params,
-                        lambda: dcm.functionality_frame([lm], {circuit_name: heads}, config))
+del lm  # the check loads each variant in turn (`variants.load`); keep no second model alive
+patched = pd.concat([dcm.stored_patching_check(v, {base: dcm_heads}, check_config) for v in names],
+                    ignore_index=True)
+main = views.mean_over_draws(patched)
 
-
-patched = pd.concat([patching_results(v, c) for c in circuit_names for v in variant_names], ignore_index=True)
-main = plots.summarise_draws(patched[patched.circuit == model], ["model", "group", "desideratum"], "accuracy")
-plots.grouped_bar_chart(main, x="group", y="accuracy", color="model", column="desideratum", error="accuracy_sd",
-                        title=f"Target accuracy with the {model} circuit's DCM heads patched (ours)",
-                        y_title="accuracy of the desideratum's target", y_domain=(0, 1))
+# %% tags=["hide-input"]
+chart = plots.grouped_bar_chart(words(main), x="group", y="accuracy", color="model",
+                                column="desideratum", error="accuracy_sd", width=140,
+                                y_domain=(0, 1), y_title="accuracy of the desideratum's target",
+                                title=f"The {base} circuit's DCM heads patched (ours)")
+views.facets_in_order(chart, views.DESIDERATUM_WORDS.values())
 
 # %% [markdown]
 # The paper's 7B results, same layout (LLaMA circuit's DCM heads; mean and sd of 10 draws of 500):
 
-# %%
+# %% tags=["hide-input"]
+paper_model = ref.paper_model_of(base) or "llama-7b"
 paper_ap = ref.activation_patching()
 paper_main = paper_ap[paper_ap.circuit == paper_model]
-plots.grouped_bar_chart(paper_main.rename(columns={"sd": "accuracy_sd"}), x="group", y="accuracy", color="model",
-                        column="desideratum", error="accuracy_sd", y_domain=(0, 1),
-                        title=f"The paper: {ref.MODEL_TITLES[paper_model]} circuit's DCM heads patched",
-                        y_title="accuracy of the desideratum's target")
+paper_title = ref.MODEL_TITLES[paper_model]
+chart = plots.grouped_bar_chart(words(paper_main.rename(columns={"sd": "accuracy_sd"})),
+                                x="group", y="accuracy", color="model", column="desideratum",
+                                error="accuracy_sd", width=140, y_domain=(0, 1),
+                                y_title="accuracy of the desideratum's target",
+                                title=f"The paper: {paper_title} circuit's DCM heads patched")
+views.facets_in_order(chart, views.DESIDERATUM_WORDS.values())
 
 # %% [markdown]
-# The same numbers side by side, each variant beside the 7B model it stands for (mean ± sd over draws):
+# The same numbers side by side, each variant beside the 7B model it stands for (means over draws):
 
-# %%
-def fmt(mean, sd):
-    return f"{mean:.3f} ± {sd:.3f}"
-
-
-ours_cells = main.assign(paper_model=main["model"].map(lambda m: ref.paper_model_of(m) or m))
-table = ours_cells.assign(ours=[fmt(m, s) for m, s in zip(ours_cells.accuracy, ours_cells.accuracy_sd)])
-paper_cells = paper_main.assign(paper=[fmt(m, s) for m, s in zip(paper_main.accuracy, paper_main.sd)])
-side = table.merge(paper_cells[["model", "group", "desideratum", "paper"]].rename(columns={"model": "paper_model"}),
-                   on=["paper_model", "group", "desideratum"], how="left")
-side.pivot_table(index=["model", "group"], columns="desideratum", values=["ours", "paper"], aggfunc="first",
-                 sort=False)
+# %% tags=["hide-input"]
+views.patching_beside_paper(main, paper_main)
 
 # %% [markdown]
 # ### What the figures show, read off the numbers
 #
 # For each group: the desideratum its DCM heads move best in each model, with the unpatched floor
-# for comparison (the positional target is the base's own answer only when the source is queried
-# at the base's segment, which the corrected data never allows, so the floor is the model's rate of
-# saying an object it should not).
+# for comparison (`dcm.stored_floors`: the same check with no head patched; the positional target
+# is the base's own answer only when the source is queried at the base's segment, which the
+# corrected data never allows, so the floor is the model's rate of saying an object it should not).
 
-# %%
-def floors(variant: str, config: dcm.PatchingCheckConfig = CHECK_CONFIG) -> dict[str, float]:
-    lm = widgets.resident_model(variant)
-    params = {"model": cache.model_fingerprint(lm), "config": config}
-    return cache.cached("functionality_floor", params, lambda: {
-        d: float(dcm.desideratum_accuracy(lm, [], "value_fetcher", d, config).mean()) for d in D.DESIDERATA})
-
-
-floor = {widgets.resident_model(v).spec.name: floors(v) for v in variant_names}
-
-
-def best_desideratum(frame: pd.DataFrame) -> pd.DataFrame:
-    idx = frame.groupby(["model", "group"], sort=False)["accuracy"].idxmax()
-    return frame.loc[idx, ["model", "group", "desideratum", "accuracy"]]
-
-
-best = best_desideratum(main)
-paper_best = best_desideratum(paper_main).set_index(["model", "group"])
-lines = []
-for r in best.itertuples():
-    pm = ref.paper_model_of(r.model)
-    paper_line = ""
-    if pm is not None and (pm, r.group) in paper_best.index:
-        pb = paper_best.loc[(pm, r.group)]
-        paper_line = f"; paper ({ref.MODEL_TITLES[pm]}): {pb.desideratum} {pb.accuracy:.2f}"
-    lines.append(f"* {r.model}, {plots.GROUP_LABELS[r.group]}: best {r.desideratum} {r.accuracy:.2f} "
-                 f"(floor {floor[r.model][r.desideratum]:.2f}){paper_line}")
-display(Markdown("\n".join(lines)))
+# %% tags=["hide-input"]
+floors = {variants.label(v): dcm.stored_floors(v, check_config) for v in names}
+display(Markdown(views.best_lines(main, paper_main, floors)))
 
 # %% [markdown]
 # Other circuits' DCM heads (the paper also ran DCM on the Goat and FLoat circuits and patched their
-# heads in all four models): rows appear here for every circuit named in `circuits`.
+# heads in all four models): rows appear here for every fine-tune named in `other_circuits`.
 
-# %%
-if len(circuit_names) > 1:
-    others = plots.summarise_draws(patched, ["circuit", "model", "group", "desideratum"], "accuracy")
-    display(others.pivot_table(index=["circuit", "model", "group"], columns="desideratum", values="accuracy",
-                               sort=False).round(3))
+# %% tags=["hide-input"]
+others = [c for c in circuit_names if c != base]
+if others:
+    frames = []
+    for c in others:
+        own = path_patching.stored_circuit(c, pp_config)
+        own_heads = dcm.heads_of(dcm.stored_circuit_dcm(c, own, dcm_config)[0])
+        frames += [dcm.stored_patching_check(v, {c: own_heads}, check_config) for v in names]
+    other = views.mean_over_draws(pd.concat(frames), ["circuit", "model", "group", "desideratum"])
+    display(words(other).pivot_table(index=["circuit", "model", "group"], columns="desideratum",
+                                     values="accuracy", sort=False).round(2))
 else:
-    print("only the", model, "circuit was run; add variants to `circuits` for the others")
+    print(f"Only the {base} circuit was run; name fine-tunes in `other_circuits` for theirs.")
 
 # %% [markdown]
 # ## Appendix: what kind of position do the position transmitters carry?
@@ -353,81 +330,54 @@ else:
 # (except the `incorrect_segment` control, whose target is one segment later). For each rewrite DCM
 # runs over the group-B heads, then the activation-patching check patches the heads it chose.
 
-# %%
-pd.DataFrame({"desideratum": list(D.ADDITIONAL_DESIDERATA), "source rewritten as": list(D.ADDITIONAL_DESIDERATA.values())})
+# %% tags=["hide-input"]
+pd.DataFrame({"source rewritten as": list(D.ADDITIONAL_DESIDERATA.values())},
+             index=pd.Index(list(D.ADDITIONAL_DESIDERATA), name="desideratum"))
 
 # %%
-source_example = D.desideratum_pairs("add_box_before_correct_segment", examples, 1, pool=60, seed=seed).source[0]
-print("e.g. add_box_before_correct_segment, source:", source_example.prompt)
-
+rewrite = D.desideratum_pairs("add_box_before_correct_segment", examples, 1, pool=60, seed=dcm_seed)
+display(Markdown(f"`add_box_before_correct_segment`, a source:\n\n> {rewrite.source[0].prompt}"))
 
 # %%
-def additional_results(variant: str) -> pd.DataFrame:
-    lm = widgets.resident_model(variant)
-    heads = load_circuit(variant).groups["position_transmitter"]
-    params = {"model": cache.model_fingerprint(lm), "heads": heads, "dcm": DCM_CONFIG, "check": CHECK_CONFIG}
-    return cache.cached("functionality_additional", params,
-                        lambda: dcm.additional_desiderata_frame(lm, heads, dcm_config=DCM_CONFIG,
-                                                                check_config=CHECK_CONFIG)[0])
-
-
 if additional:
-    extra = additional_results(model)
-    extra_summary = plots.summarise_draws(extra, ["desideratum"], "accuracy")
-    extra_summary = extra_summary.merge(extra.groupby("desideratum", sort=False)[["dcm_n_heads", "dcm_test_accuracy"]]
-                                        .first().reset_index(), on="desideratum")
+    transmitters = circuit.groups["position_transmitter"]
+    extra = dcm.stored_additional_desiderata(base, transmitters, dcm_config=dcm_config,
+                                             check_config=check_config)
+
+# %% tags=["hide-input"]
+if additional:
+    extra_summary = views.additional_summary(extra)
     paper_extra = ref.additional_desiderata()
-    both = pd.concat([extra_summary.assign(source="ours", model=model),
-                      paper_extra.rename(columns={"sd": "accuracy_sd"}).assign(source="paper")], ignore_index=True)
-    at = ["group", "desideratum"]
-    positional = main[main.model == model_name].set_index(at)["accuracy"]
-    paper_positional = paper_main[paper_main.model == paper_model].set_index(at)["accuracy"]
-    display(plots.grouped_bar_chart(both, x="desideratum", y="accuracy", color="source", error="accuracy_sd",
-                                    y_domain=(0, 1), width=520,
-                                    title="Position transmitters, rewritten sources: ours vs the paper's LLaMA-7B",
-                                    y_title="accuracy of the target"))
-    display(extra_summary.merge(paper_extra[["desideratum", "accuracy", "dcm_test_accuracy"]], on="desideratum",
-                                suffixes=("", " (paper)")).set_index("desideratum").round(3))
-    key = ("position_transmitter", "positional")
-    print(f"baseline, the plain positional desideratum for the same group: ours {positional[key]:.3f}, "
-          f"paper ({ref.MODEL_TITLES[paper_model]}) {paper_positional[key]:.3f}")
+    display(plots.grouped_bar_chart(
+        views.additional_for_chart(extra_summary, paper_extra), x="desideratum", y="accuracy",
+        color="source", error="accuracy_sd", y_domain=(0, 1), width=480,
+        title="Position transmitters, rewritten sources: ours and the paper's LLaMA-7B",
+        y_title="accuracy of the target"))
+
+# %% tags=["hide-input"]
+if additional:
+    display(views.additional_beside_paper(extra_summary, paper_extra))
+    ours_base = views.positional_baseline(main, variants.label(base))
+    paper_base = views.positional_baseline(paper_main, paper_model)
+    display(Markdown(f"Baseline, the plain positional desideratum for the same group: ours "
+                     f"{ours_base:.3f}, paper ({paper_title}) {paper_base:.3f}."))
 
 # %% [markdown]
-# Which rewrites the positional signal survives, read off the two tables: each rewrite's accuracy
-# as a fraction of the plain positional desideratum's (kept: at least 0.8 of it; weakened: 0.5 to
-# 0.8; lost: below 0.5), ours and the paper's.
+# Which rewrites the positional signal survives: each rewrite's accuracy as a fraction of the plain
+# positional desideratum's (`dcm.survival`: kept, at least 0.8 of it; weakened, 0.5 to 0.8; lost,
+# below 0.5), ours and the paper's.
 
-# %%
-def survival(accuracy: float, baseline: float) -> str:
-    ratio = accuracy / baseline if baseline > 0 else float("nan")
-    verdict = "kept" if ratio >= 0.8 else "weakened" if ratio >= 0.5 else "lost"
-    return f"{verdict} ({ratio:.2f})"
-
-
+# %% tags=["hide-input"]
 if additional:
-    ours_acc = extra_summary.set_index("desideratum")["accuracy"]
-    paper_acc = paper_extra.set_index("desideratum")["accuracy"]
-    display(Markdown("\n".join(
-        f"* `{d}`: ours {survival(ours_acc[d], positional[key])}, "
-        f"paper {survival(paper_acc[d], paper_positional[key])}" for d in D.ADDITIONAL_DESIDERATA)))
-    verdict = {d: survival(ours_acc[d], positional[key]).split()[0] for d in D.ADDITIONAL_DESIDERATA}
-    start_kept = all(verdict[d] == "kept" for d in ("random_text_start", "add_seg_start"))
-    end_lost = all(verdict[d] == "lost" for d in ("random_text_end", "add_seg_end"))
-    if start_kept and end_lost:
-        display(Markdown(
-            "Text added *before* the context leaves our position transmitters' signal intact and text added "
-            "*after* it destroys the signal: in this model the transmitted position behaves like a count of "
-            "segments from the end of the context (next to the query), not from its start. The paper's "
-            "LLaMA-7B keeps the signal under both."
-            if all(survival(paper_acc[d], paper_positional[key]).split()[0] != "lost"
-                   for d in ("random_text_end", "add_seg_end")) else
-            "Text added before the context keeps the signal and text added after it loses it: a position "
-            "counted from the end of the context."))
+    ours_acc = extra_summary.set_index("desideratum")["accuracy"].to_dict()
+    paper_acc = paper_extra.set_index("desideratum")["accuracy"].to_dict()
+    display(views.survival_table(ours_acc, paper_acc, ours_base, paper_base))
+    display(Markdown(views.position_reading(ours_acc, paper_acc, ours_base, paper_base)))
 
 # %% [markdown]
 # ## The authors' data bugs, measured (B1, B2)
 #
-# Two defects of the authors' desideratum builders (paper.md §2.5) change the numbers above:
+# Two defects of the authors' desideratum builders (appendix A3) change the numbers above:
 #
 # * **B1**: the base query position was always read as 0, so "a source queried at a different
 #   segment" only excluded segment 0. In about 1 pair in 7 the source is queried at the base's own
@@ -437,105 +387,38 @@ if additional:
 #   predicts: 0.000 in every box-label run.
 #
 # `authors_compat=True` rebuilds the data the authors' way (and reads the structure readers' source
-# at the base's index, W3). Same heads as above (the corrected DCM's), same draws, only the data differs:
+# at the base's index, W3). Same heads as above (the corrected DCM's), same draws, only the data
+# differs (two `dcm.stored_patching_check` runs, `functionality_views.authors_compat_frame`); cells
+# are corrected | authors':
 
 # %%
-def compat_results(variant: str) -> pd.DataFrame:
-    lm = widgets.resident_model(variant)
-    heads = dcm.heads_of(dcm_runs[model]["summary"])
-    heads.update({("none (floor)", d): [] for d in D.DESIDERATA})
-    params = {"model": cache.model_fingerprint(lm), "heads": {f"{g}/{d}": h for (g, d), h in heads.items()},
-              "config": CHECK_CONFIG}
-
-    def compute():
-        frames = []
-        for compat in (False, True):
-            for (g, d), h in heads.items():
-                group = "value_fetcher" if g == "none (floor)" else g
-                acc = dcm.desideratum_accuracy(lm, h, group, d, CHECK_CONFIG, authors_compat=compat)
-                frames.append(pd.DataFrame({"group": g, "desideratum": d, "draw": range(len(acc)),
-                                            "accuracy": acc.tolist(), "data": "authors (B1, B2, W3)" if compat
-                                            else "corrected"}))
-        return pd.concat(frames, ignore_index=True)
-
-    return cache.cached("functionality_authors_compat", params, compute)
-
-
 if compare_authors:
-    compat = plots.summarise_draws(compat_results(model), ["data", "group", "desideratum"], "accuracy")
-    display(compat.pivot_table(index="group", columns=["desideratum", "data"], values="accuracy", sort=False).round(3))
+    compat = views.authors_compat_frame(base, dcm_heads, check_config)
+    display(views.compat_table(compat))
 
 # %% [markdown]
 # What the comparison shows, computed from the table: the positional floor with no head patched,
 # and the box-label accuracy, under each data set.
 
-# %%
+# %% tags=["hide-input"]
 if compare_authors:
-    cell = compat.set_index(["data", "group", "desideratum"])["accuracy"]
-    f_ok, f_b1 = cell[("corrected", "none (floor)", "positional")], cell[("authors (B1, B2, W3)", "none (floor)", "positional")]
-    box = compat[compat.desideratum == "box_label_value"].groupby("data")["accuracy"].max()
-    display(Markdown(
-        f"* Positional floor (nothing patched): {f_ok:.3f} with the corrected pairs, {f_b1:.3f} with the authors' "
-        f"(B1 adds the pairs whose target is the base's own answer; the paper's LLaMA-7B floor is "
-        f"{ref.POSITIONAL_FLOOR:.3f}).\n"
-        f"* Box-label target, best group: {box.get('corrected', float('nan')):.3f} corrected, "
-        f"{box.get('authors (B1, B2, W3)', float('nan')):.3f} with the authors' target (B2: never a predicted token)."))
+    display(Markdown(views.compat_reading(compat)))
 
 # %% [markdown]
 # ## What matches the paper and what differs
 #
-# The statements below are about the numbers printed above; where the organism disagrees with the
-# 7B models it is said so, not smoothed over. The organism is a few-layer model trained on a synthetic
-# language, so its circuit is smaller and its groups need not split the work exactly as LLaMA-7B's do.
+# The paper's readings of its figure, each checked the same way on our table and on the paper's
+# (`functionality_views.functionality_claims`): a difference counts only above
+# `ref.PAPER_NOISE` (0.03, about two standard errors of an accuracy over 500 prompts). Each cell is
+# ours | the paper's, for the variant and the 7B model it stands for.
 
-# %% [markdown]
-# The paper's readings of its figure, each checked the same way on our table and on the paper's: a
-# difference counts only above `ref.PAPER_NOISE` (0.03, about two standard errors of an accuracy
-# over 500 prompts).
+# %% tags=["hide-input"]
+ours_claims = views.functionality_claims(main, variants.label(base))
+paper_claims = views.functionality_claims(paper_main, paper_model)
+views.claims_beside_paper(ours_claims, paper_claims)
 
-# %%
-def functionality_claims(frame: pd.DataFrame, base_model: str, margin: float = ref.PAPER_NOISE) -> pd.DataFrame:
-    """One row per model and claim, with whether it holds on this table of mean accuracies
-    (columns model, group, desideratum, accuracy) and the numbers it was decided on."""
-    acc = frame.set_index(["model", "group", "desideratum"])["accuracy"]
-    rows = []
-    for m in frame["model"].unique():
-        def a(g, d, m=m):
-            return float(acc.get((m, g, d), float("nan")))
-
-        other_groups = max(a(g, "object_value") for g in GROUPS[1:])
-        rows.append({"model": m, "key": "A_object",
-                     "claim": "A carries the object value (its object-value accuracy beats every other group's)",
-                     "holds": a("value_fetcher", "object_value") - other_groups > margin,
-                     "numbers": f"A {a('value_fetcher', 'object_value'):.2f}, best other group {other_groups:.2f}"})
-        for letter, g in (("B", "position_transmitter"), ("C", "position_detector")):
-            rival = max(a(g, "object_value"), a(g, "box_label_value"))
-            rows.append({"model": m, "key": f"{letter}_position",
-                         "claim": f"{letter} carries position (positional beats object and box-label value)",
-                         "holds": a(g, "positional") - rival > margin,
-                         "numbers": "object / box label / positional: "
-                                    + " / ".join(f"{a(g, d):.2f}" for d in D.DESIDERATA)})
-        if m != base_model and base_model in set(frame["model"]):
-            gain = a("position_transmitter", "positional") - float(acc[(base_model, "position_transmitter", "positional")])
-            rows.append({"model": m, "key": "B_gain", "claim": "B moves position better than in the base model",
-                         "holds": gain > margin, "numbers": f"{gain:+.2f} against {base_model}"})
-    return pd.DataFrame(rows)
-
-
-ours_claims = functionality_claims(main, model_name)
-paper_claims = functionality_claims(paper_main, paper_model)
-paper_claims["model"] = paper_claims["model"].map(ref.MODEL_TITLES)
-pd.concat([ours_claims.assign(source="ours"), paper_claims.assign(source="paper, 7B")],
-          ignore_index=True).drop(columns="key").set_index(["source", "model"])
-
-# %%
-ours_held = ours_claims.groupby("key", sort=False)["holds"].agg(["sum", "count"])
-paper_held = paper_claims.groupby("key", sort=False)["holds"].agg(["sum", "count"])
-claim_text = dict(zip(ours_claims["key"], ours_claims["claim"]))
-display(Markdown("\n".join(
-    f"* {claim_text[k]}: holds for {int(r['sum'])} of {int(r['count'])} of our variants; "
-    f"the paper: {int(paper_held.loc[k, 'sum'])} of {int(paper_held.loc[k, 'count'])} 7B models"
-    for k, r in ours_held.iterrows() if k in paper_held.index)))
+# %% tags=["hide-input"]
+display(Markdown(views.claims_summary(ours_claims, paper_claims)))
 
 # %% [markdown]
 # Two differences are by construction, not findings:
@@ -546,8 +429,16 @@ display(Markdown("\n".join(
 # * The paper's positional numbers sit on a floor of about 13 % that B1 put there; ours are measured
 #   on pairs where the target is never the base's own answer, so the same mechanism gives lower
 #   positional numbers here, and the floor row of the comparison above is the one to subtract.
-#
-# The organism is not LLaMA-7B: its circuit has a few dozen heads, not hundreds, and path patching
-# on it (chapter 3) may put one head in several groups or leave a group nearly empty. A claim
-# that holds for the 7B models and fails here says the organism solves the task differently in
-# that respect; it is reported as it is.
+
+# %% tags=["hide-input"]
+empty = [g for g in GROUPS if not circuit.groups[g]]
+shared = sorted({h for g in GROUPS for h in circuit.groups[g]
+                 if sum(h in circuit.groups[o] for o in GROUPS) > 1})
+display(Markdown(
+    f"The organism is not LLaMA-7B: it has {views.size_text(circuit)} where LLaMA-7B has "
+    f"1,024 (32 × 32), and its circuit holds "
+    f"{len(circuit.unique_heads())} of them"
+    + (f"; path patching (chapter 3) left {views.letters(empty)} empty" if empty else "")
+    + (f" and put {views.heads_text(shared)} in more than one group" if shared else "")
+    + ". A claim that holds for the 7B models and fails here says the organism solves the task "
+    "differently in that respect; it is reported as it is."))

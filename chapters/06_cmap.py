@@ -61,37 +61,43 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # At organism scale the "base" is `organism-base` and the fine-tunes are `organism-goat` (LoRA on
 # arithmetic), `organism-float` (full fine-tune on the same arithmetic) and `organism-vicuna`
 # (conversation-like text). Set `base = "llama-7b"` and `finetuned = ["goat-7b", "float-7b"]` to run
-# the paper's models on a GPU.
+# the paper's models on a GPU. The box below says which of the paper's claims about CMAP hold here.
 
 # %% tags=["parameters"]
-base = "organism-base"                                      # the model patched into (paper: LLaMA-7B)
-finetuned = ["organism-goat", "organism-float", "organism-vicuna"]  # sources (paper: Goat-7B, FLoat-7B)
-samples = 500            # prompts (the paper: the first 500 lines of its dataset)
-boxes = 7                # boxes per prompt (the paper: 7)
-seed = 0                 # seed of the prompts
-head_selection = "dcm"   # "dcm": the paper's DCM-selected heads; "circuit": every head of each group
-dcm_seed = 20            # DCM's seed, as chapter 5 (the authors' 20)
-circuit_config = {}      # overrides of path_patching.PathPatchingConfig for the fine-tuned circuits
-batch_size = 32          # prompts per forward pass (the paper: 8)
-measure_memory = True    # measure peak CPU memory of both protocols in fresh processes (cached; False on a GPU)
+base = "organism-base"     # the model patched into (the paper: LLaMA-7B)
+finetuned = ["organism-goat", "organism-float", "organism-vicuna"]  # sources (paper: Goat, FLoat)
+n_boxes = 7                # boxes per prompt (the paper: 7)
+n_samples = 500            # prompts (the paper: the first 500 lines of its dataset)
+dataset_seed = 0           # seed of the prompts, shared by every chapter
+dcm_seed = 20              # DCM's seed, as chapter 5 (the authors' 20)
+head_selection = "dcm"     # "dcm": the paper's DCM-selected heads; "circuit": all of each group
+measure_memory = True      # measure peak CPU memory of both protocols in fresh processes (stored)
 
-# %%
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from entity_tracking import cache, cmap, dcm, models, path_patching, plots, widgets
+from entity_tracking import claims, cmap, dcm, models, path_patching, variants
+from entity_tracking import cmap_views as views
+from entity_tracking import data as D, functionality_views
 from entity_tracking import paper_reference as ref
-from entity_tracking.circuit import GROUP_TITLES
-from entity_tracking.widgets import variant_label
 
 torch.set_num_threads(1)
-finetuned = widgets.runnable_variants(finetuned, required=[base])
-config = cmap.CMAPConfig(n_samples=samples, n_boxes=boxes, dataset_seed=seed, batch_size=batch_size)
-pp_config = path_patching.PathPatchingConfig(**{"n_boxes": boxes, "dataset_seed": seed, **circuit_config})
-dcm_config = dcm.DCMConfig(seed=dcm_seed, dataset_seed=seed, n_boxes=boxes)  # chapter 5's DCM settings
-ROW_TITLES = {**GROUP_TITLES, "full_circuit": "Full circuit"}
-print("base:", variant_label(base), "| fine-tuned:", ", ".join(variant_label(v) for v in finetuned))
+finetuned = variants.runnable(finetuned, required=[base])
+task = D.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
+config = cmap.CMAPConfig(task=task)
+pp_config = path_patching.PathPatchingConfig()  # chapter 3's settings, with this chapter's prompts
+pp_config = replace(pp_config, task=replace(pp_config.task, n_boxes=n_boxes,
+                                            dataset_seed=dataset_seed))
+dcm_config = dcm.DCMConfig()  # chapter 5's DCM settings, with this chapter's prompts and seed
+dcm_config = replace(dcm_config, task=replace(dcm_config.task, n_boxes=n_boxes,
+                                              dataset_seed=dataset_seed), dcm_seed=dcm_seed)
+setup = replace(claims.setup_for([base, *finetuned]),
+                configs={"path_patching": pp_config, "dcm": dcm_config, "cmap": config})
+claims.reproduction_box(claims.reproduction_checks(setup, keys=["cmap"]))
 
 # %% [markdown]
 # ## Which heads are patched
@@ -102,15 +108,12 @@ print("base:", variant_label(base), "| fine-tuned:", ", ".join(variant_label(v) 
 # *position*, and every structure reader (none carries a clear variable). The full circuit is the
 # union of the four. Every row is built from a fresh, immutable list: the authors' notebook extended
 # its value-fetcher list in place to build the full circuit, which could have leaked the position
-# transmitters into a re-run "value fetcher" row (paper.md §4.11; see the errata appendix).
+# transmitters into a re-run "value fetcher" row (see appendix A3).
 
 # %%
-head_sets = {name: cmap.finetuned_head_sets(name, pp_config, dcm_config, head_selection) for name in finetuned}
-counts = pd.DataFrame({variant_label(n): {ROW_TITLES[r]: len(nodes) for r, nodes in rows.items()}
-                       for n, rows in head_sets.items()})
-counts["paper: Goat-7B"] = [*ref.CMAP_HEAD_COUNTS["goat-7b"][::-1], sum(ref.CMAP_HEAD_COUNTS["goat-7b"])]
-counts["paper: FLoat-7B"] = [*ref.CMAP_HEAD_COUNTS["float-7b"][::-1], sum(ref.CMAP_HEAD_COUNTS["float-7b"])]
-counts
+head_sets = {v: cmap.finetuned_head_sets(v, pp_config, dcm_config, head_selection)
+             for v in finetuned}
+views.head_counts(head_sets)
 
 # %% [markdown]
 # The paper's full-circuit count is the sum of its groups; ours counts a head that sits in two
@@ -118,90 +121,70 @@ counts
 #
 # ## The method on one prompt
 #
-# One 7-box prompt, the two models' predictions, and the base model's prediction after each row's
-# heads are taken from the fine-tuned model.
+# Eight 7-box prompts, the two models' predictions, and the base model's prediction after each
+# row's heads are taken from the fine-tuned model. One model is in memory at a time
+# (`variants.load` releases the previous one): the fine-tune runs first and only its chosen heads'
+# outputs are kept (`cmap.source_node_outputs`), then the base model loads and is patched with
+# them (`cmap.cmap_logits`). The first prompt in full:
 
 # %%
-example_source = finetuned[0]
-ft = models.load_model(example_source)
-one = ft.tokenize(ft.dataset(boxes, 8, seed))
-cached_one = cmap.source_node_outputs(ft, one, head_sets[example_source]["full_circuit"])
+example_source = next((v for v in finetuned if views.stands_for(v) == "goat-7b"), finetuned[0])
+rows = head_sets[example_source]
+ft = variants.load(example_source)
+one = ft.batch(replace(task, n_samples=8))
+recorded = cmap.source_node_outputs(ft, one, rows["full_circuit"])
 with torch.no_grad():
     ft_pred = ft.model(one.tokens)[:, -1].argmax(-1)
-del ft
-lm_base = models.load_model(base)
+del ft  # nothing holds the fine-tune now: loading the base model frees its memory
+lm = variants.load(base)
 with torch.no_grad():
-    base_pred = lm_base.model(one.tokens)[:, -1].argmax(-1)
-decode = lambda ids: [lm_base.tokenizer.decode([int(t)]).strip() for t in ids]  # noqa: E731
-walk = pd.DataFrame({"prompt": [ex.prompt[-60:] for ex in one.examples], "answer": [ex.answer for ex in one.examples],
-                     variant_label(base): decode(base_pred), variant_label(example_source): decode(ft_pred)})
-for row, nodes in head_sets[example_source].items():
-    walk[f"base + {row}"] = decode(cmap.cmap_logits(lm_base, one, cached_one, nodes).argmax(-1))
-del lm_base
-walk
+    base_pred = lm.model(one.tokens)[:, -1].argmax(-1)
+patched = {row: cmap.cmap_logits(lm, one, recorded, nodes).argmax(-1)
+           for row, nodes in rows.items()}
+display(Markdown(f"> {one.examples[0].prompt} → *{one.examples[0].answer}*"))
+
+# %% tags=["hide-input"]
+def decode(ids):
+    return [lm.tokenizer.decode([int(t)]).strip() for t in ids]
+
+
+predictions = {"base": decode(base_pred), "fine-tune": decode(ft_pred)}
+for row, letter in views.ROW_LETTERS.items():
+    predictions[f"+{letter}"] = decode(patched[row])
+del lm  # the stored runs below load each model in turn
+views.one_prompt_table(one.examples, predictions)
+
+# %% tags=["hide-input"]
+display(Markdown(
+    f"`base` is {variants.label(base)} and `fine-tune` {variants.label(example_source)}; "
+    "`+A` … `+all` are the base model with the value fetchers', position transmitters', "
+    "position detectors', structure readers' or the whole circuit's outputs taken from the "
+    "fine-tune."))
 
 # %% [markdown]
 # ## CMAP: each fine-tuned model into the base model
 #
-# For each fine-tuned model the protocol keeps one model in memory at a time: the fine-tuned model
-# runs on the prompts and only the chosen heads' outputs at their positions are kept on CPU; the model
-# is released; then the base model loads and runs once unpatched and once per row. Results are
-# cached under `results/`, named by the models' weight hashes and every parameter.
+# The same protocol over all `n_samples` prompts, for each fine-tune: `cmap.stored_cmap` computes
+# the table once and stores it under `results/`, named by the two models' weight hashes and every
+# parameter.
 
 # %%
-def cmap_result(source: str, target: str, rows: dict, both_resident: bool = False) -> dict:
-    return cmap.cached_cross_model_patching(source, target, rows, config, both_resident=both_resident)
+results = {v: cmap.stored_cmap(v, base, head_sets[v], config) for v in finetuned}
+views.cmap_table(results, base)
 
+# %% tags=["hide-input"]
+display(Markdown(views.passes_line(results, n_samples, config.batch_size)))
 
-results = {name: cmap_result(name, base, head_sets[name]) for name in finetuned}
-table = pd.concat([r["table"].assign(source=variant_label(name)) for name, r in results.items()])
-wide = table.pivot(index="row", columns="source", values="accuracy").loc[list(cmap.CMAP_ROWS)]
-wide.index = [ROW_TITLES[r] for r in wide.index]
-alone = pd.DataFrame({variant_label(n): [r["target_accuracy"], r["source_accuracy"]] for n, r in results.items()},
-                     index=[f"{variant_label(base)} alone", "fine-tuned model alone"])
-paper = ref.cmap().pivot(index="group", columns="pair", values="accuracy").loc[list(cmap.CMAP_ROWS)]
-paper.index = wide.index
-display(pd.concat([alone, wide]).round(3))
-display(Markdown("The paper's 7B numbers (LLaMA-7B alone 0.66; Goat-7B and FLoat-7B alone 0.82):"))
-paper
-
-# %%
-bars = table.rename(columns={"row": "group"}).assign(pair=lambda d: d["source"] + " → " + variant_label(base))
-lines = {f"{s} → {variant_label(base)}": {variant_label(base): results[n]["target_accuracy"],
-                                             s: results[n]["source_accuracy"]}
-         for n, s in ((n, variant_label(n)) for n in finetuned)}
-plots.cmap_bars(bars, lines, title="CMAP at organism scale: fine-tuned head outputs patched into the base model")
-
-# %%
-paper_bars = ref.cmap()
-plots.cmap_bars(paper_bars, {p: ref.cmap_reference_lines(ft) for p, ft in zip(paper_bars["pair"], paper_bars["finetuned"])},
-                title="The paper's CMAP (7B): Goat-7B and FLoat-7B into Llama-7B")
+# %% tags=["hide-input"]
+views.cmap_chart(results, base, title="CMAP: fine-tuned head outputs patched into the base model")
 
 # %% [markdown]
 # **What the charts show.** The dashed lines are the base model alone and the fine-tuned model alone;
-# a bar near the upper line means the patched heads' outputs carry the whole gain. The sentence below
-# is computed from the table above.
+# a bar near the upper line means the patched heads' outputs carry the whole gain. The shares below
+# are computed from the table above: (row − base alone) / (fine-tune alone − base alone).
 
-# %%
-def cmap_reading(result: dict, name: str) -> str:
-    t = result["table"].set_index("row")["accuracy"]
-    lo, hi = result["target_accuracy"], result["source_accuracy"]
-    gap = hi - lo
-    if abs(gap) < ref.PAPER_NOISE:
-        return (f"- {variant_label(name)} is not clearly better than the base ({hi:.2f} vs {lo:.2f}), so "
-                "there is no gain to locate; its rows only show what transplanting costs.")
-    share = {r: round((t[r] - lo) / gap, 2) + 0.0 for r in cmap.CMAP_ROWS}  # + 0.0: no "-0%"
-    best = max(("value_fetcher", "position_transmitter", "position_detector", "structure_reader"), key=share.get)
-    parts = ", ".join(f"{ROW_TITLES[r]} {share[r]:.0%}" for r in cmap.CMAP_ROWS)
-    return (f"- {variant_label(name)} ({hi:.2f}) vs base ({lo:.2f}): share of the gap recovered: {parts}; "
-            f"the single group that recovers most: {ROW_TITLES[best]}.")
-
-
-paper_share = {ft: {g: round((a - ref.CMAP_REFERENCE["llama-7b"]) / (ref.CMAP_REFERENCE[ft] - ref.CMAP_REFERENCE["llama-7b"]), 2)
-                    for g, a in by.items()} for ft, by in ref.CMAP.items()}
-display(Markdown("\n".join(cmap_reading(results[n], n) for n in finetuned) + "\n- Paper (7B): " + "; ".join(
-    f"{ref.MODEL_TITLES[ft]}: " + ", ".join(f"{ROW_TITLES[g]} {s:.0%}" for g, s in share.items())
-    for ft, share in paper_share.items())))
+# %% tags=["hide-input"]
+display(Markdown(views.share_lines(results)))
 
 # %% [markdown]
 # ## The reverse direction: base-model outputs into the fine-tuned model
@@ -211,33 +194,30 @@ display(Markdown("\n".join(cmap_reading(results[n], n) for n in finetuned) + "\n
 # direction; this is a consistency check the same code runs.)
 
 # %%
-reverse = {name: cmap_result(base, name, head_sets[name]) for name in finetuned}
-rev = pd.concat([r["table"].assign(target=variant_label(n)) for n, r in reverse.items()])
-rev_wide = rev.pivot(index="row", columns="target", values="accuracy").loc[list(cmap.CMAP_ROWS)]
-rev_wide.index = [ROW_TITLES[r] for r in rev_wide.index]
-rev_alone = pd.DataFrame({variant_label(n): [r["target_accuracy"], r["source_accuracy"]] for n, r in reverse.items()},
-                         index=["fine-tuned model alone", f"{variant_label(base)} alone"])
-pd.concat([rev_alone, rev_wide]).round(3)
+reverse = {v: cmap.stored_cmap(base, v, head_sets[v], config) for v in finetuned}
+views.reverse_table(reverse, base)
 
 # %% [markdown]
 # ## Input CMAP: queries, keys or values?
 #
 # The appendix asks which *input* of the A and B heads carries the gain: patch only their query at
-# the last token (Q), or their keys and values at every position up to it (K, V), or combinations,
-# then reset every head's output at every other position to the base model's own, so the patch acts
-# at the last token only. Shown for the first fine-tuned model beside the paper's Goat-7B numbers.
+# the last token (Q), or their keys and values (K, V), or combinations, then reset every head's
+# output at every other position to the base model's own, so the patch acts at the last token only.
+# The authors' `cmap_in` patched keys and values only at the positions *before* the last token
+# (`[:, :heads_pos]`); `kv_through_last=True` includes the last token's own key and value. Both,
+# for the fine-tune that stands for Goat-7B, beside the paper's Goat-7B numbers:
 
 # %%
-input_rows = {r: head_sets[example_source][r] for r in ("value_fetcher", "position_transmitter")}
-params = {"source": cmap.variant_fingerprint(example_source), "target": cmap.variant_fingerprint(base),
-          "rows": {k: [list(n) for n in v] for k, v in input_rows.items()}, "config": config}
-inputs = cache.cached("cmap_input", params,
-                      lambda: cmap.input_cross_model_patching(example_source, base, input_rows, config=config))
-ours_in = inputs.pivot(index="row", columns="patched", values="accuracy")[[w.upper() for w in cmap.INPUTS]]
-paper_in = ref.cmap_input().pivot(index="group", columns="patched", values="accuracy")[list(ref.CMAP_INPUTS)]
-display(ours_in.rename(index=ROW_TITLES).round(3))
-display(Markdown("The paper's input CMAP, Goat-7B → Llama-7B (its head lists are not recorded unambiguously):"))
-paper_in.rename(index=ROW_TITLES)
+input_rows = {r: rows[r] for r in ("value_fetcher", "position_transmitter")}
+before = cmap.stored_input_cmap(example_source, base, input_rows, config, kv_through_last=False)
+through = cmap.stored_input_cmap(example_source, base, input_rows, config, kv_through_last=True)
+inputs = views.input_table(before, through)
+inputs
+
+# %% tags=["hide-input"]
+display(Markdown(views.input_difference_line(inputs) + " The paper's head lists for this "
+                 "appendix are not recorded unambiguously, so its column is a reference, not a "
+                 "like-for-like row."))
 
 # %% [markdown]
 # ## Memory: one model at a time
@@ -247,22 +227,22 @@ paper_in.rename(index=ROW_TITLES)
 # weights are what matters, so here is the arithmetic for the 7B models, from their parameter counts
 # and the paper's largest head set (175 nodes, 500 prompts, 54 tokens):
 
-# %%
-spec7 = models.REGISTRY["llama-7b"]
-budget = pd.DataFrame({dtype: cmap.memory_budget(spec7.n_params, nbytes, n_nodes=175, n_prompts=500, d_head=128,
-                                                 n_layers=32, seq_len=54, d_model=4096)
-                       for dtype, nbytes in (("float32 (the paper)", 4), ("float16", 2))})
-budget.round(2)
+# %% tags=["hide-input"]
+budget = views.budget_table(models.REGISTRY["llama-7b"].n_params, n_nodes=175, n_prompts=500,
+                            d_head=128, n_layers=32, seq_len=54, d_model=4096)
+budget
 
-# %%
-fp32, fp16 = budget["float32 (the paper)"], budget["float16"]
+# %% tags=["hide-input"]
+fp32 = budget["float32 (the paper)"].rename(index={v: k for k, v in views.BUDGET_WORDS.items()})
+fp16 = budget["float16"].rename(index={v: k for k, v in views.BUDGET_WORDS.items()})
 display(Markdown(
-    f"So at 7B: both models resident need {fp32['both_resident_weights_gb']:.0f} GB of weights in float32 "
-    f"({fp16['both_resident_weights_gb']:.0f} GB in float16), beyond any single GPU but an 80 GB one in float32; "
-    f"one model at a time needs {fp32['one_resident_weights_gb']:.0f} GB in float32 or "
-    f"{fp16['one_resident_weights_gb']:.1f} GB in float16 (a 16 GB Colab T4, with small batches), plus a head-output "
-    f"cache of {fp32['node_cache_gb'] * 1024:.0f} MB on CPU instead of the authors' {fp32['authors_full_z_cache_gb']:.0f} GB "
-    "cache of every layer at every position."))
+    f"So at 7B: both models resident need {fp32['both_resident_weights_gb']:.0f} GB of weights in "
+    f"float32 ({fp16['both_resident_weights_gb']:.0f} GB in float16), beyond any single GPU but an "
+    f"80 GB one in float32; one model at a time needs {fp32['one_resident_weights_gb']:.0f} GB in "
+    f"float32 or {fp16['one_resident_weights_gb']:.1f} GB in float16 (a 16 GB Colab T4, with small "
+    f"batches), plus a head-output cache of {fp32['node_cache_gb'] * 1024:.0f} MB on CPU instead "
+    f"of the authors' {fp32['authors_full_z_cache_gb']:.0f} GB cache of every layer at every "
+    "position."))
 
 # %% [markdown]
 # For the organism both protocols are measured: the bytes of weights and cache held at the peak, and
@@ -271,37 +251,37 @@ display(Markdown(
 # next to the interpreter and its libraries, so the measured difference is small; the accounted bytes
 # show the factor that matters at 7B.
 
-# %%
-pair = (finetuned[0], base)
-rows0 = head_sets[finetuned[0]]
-accounted = {}
-for both in (False, True):
-    out = cmap_result(*pair, rows0, both_resident=both)
-    accounted["both resident (authors)" if both else "one at a time"] = {
-        "weights + cache at the peak (MB)": out["memory"]["peak_weights_and_cache_bytes"] / 2**20,
-        "head-output cache (MB)": out["memory"]["cache_bytes"] / 2**20}
-pd.DataFrame(accounted).round(3)
+# %% tags=["hide-input"]
+one_at_a_time = cmap.stored_cmap(example_source, base, rows, config)
+both_resident = cmap.stored_cmap(example_source, base, rows, config, both_resident=True)
+views.accounted_memory(one_at_a_time, both_resident)
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 # NBVAL_IGNORE_OUTPUT: resident memory varies from run to run and machine to machine.
 if measure_memory:
-    measured = {}
-    for both in (False, True):
-        params = {"pair": [cmap.variant_fingerprint(m) for m in pair], "both": both,
-                  "rows": {k: [list(n) for n in v] for k, v in rows0.items()}, "config": config}
-        rss = cache.cached("cmap_peak_rss", params, lambda: cmap.measured_peak_rss(*pair, rows0, config, both))
-        measured["both resident (authors)" if both else "one at a time"] = {
-            "peak RSS (MB)": rss["peak_rss_bytes"] / 2**20, "increase over imports (MB)": rss["increase_bytes"] / 2**20}
-    display(pd.DataFrame(measured).round(1))
+    rss = [cmap.stored_peak_rss(example_source, base, rows, config, both_resident=both)
+           for both in (False, True)]
+    display(views.measured_memory(*rss))
 
 # %% [markdown]
 # ## What matches the paper and what does not
 #
 # The paper's reading is that fine-tuning improved how the value fetchers and position transmitters
 # encode and use position, while the earlier groups (structure readers, position detectors) add
-# nothing when transplanted. The computed summary above states, for each organism fine-tune, how much
-# of its gap over the base each group recovers; compare it with the paper's row. Two differences are
-# built into the comparison: the organism's circuits are much smaller (a few dozen heads rather than
-# 1,024), so a single group is a larger share of the model; and the transplant keeps the base
-# model's `W_O`, so a fine-tune that changed mostly its output matrices (a LoRA on `o_proj`, as Goat's)
-# cannot be fully carried by `z` — the test suite shows the exact case (`tests/test_cmap.py`).
+# nothing when transplanted. The computed shares above state, for each organism fine-tune, how much
+# of its gap over the base each group recovers (or that there is no gap to recover); compare them
+# with the paper's line.
+
+# %% tags=["hide-input"]
+sizes = {variants.label(v): len(rows_v["full_circuit"]) for v, rows_v in head_sets.items()}
+base_size = functionality_views.size_text(path_patching.stored_circuit(base, pp_config))
+display(Markdown(
+    f"Two differences are built into the comparison. The organism's circuits are much smaller: "
+    f"{base_size} in the whole model where LLaMA-7B has 1,024, and the full-circuit rows patch "
+    + ", ".join(f"{n} for {v}" for v, n in sizes.items()) + " (head, position) slots"
+    + f", against the paper's {sum(ref.CMAP_HEAD_COUNTS['goat-7b'])} for Goat-7B; so a single "
+    "group "
+    "is a larger share of the model. And "
+    "the transplant keeps the base model's `W_O`, so a fine-tune that changed mostly its output "
+    "matrices (a LoRA on `o_proj`, as Goat's) cannot be fully carried by `z`; the test suite shows "
+    "the exact case (`tests/test_cmap.py`)."))

@@ -54,194 +54,165 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # 3. **The gain is better positional information in the later groups.** Transplanting the fine-tuned
 #    value fetchers' or position transmitters' outputs into the base model recovers the gain; the
 #    earlier groups do not (chapter 6).
+#
+# The box says which of the paper's claims the organism reproduces; the table at the end gives the
+# numbers behind each mark.
 
 # %% tags=["parameters"]
 base = "organism-base"                                       # the paper: "llama-7b"
-finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # the paper: vicuna-7b, goat-7b, float-7b
-samples = 500          # evaluation prompts (the paper: 500)
-seed = 0               # seed of the prompts, shared by every chapter
-dcm_seed = 20          # DCM and patching-draw seed (chapter 5, the authors' 20)
-draws = 10             # activation-patching draws (chapter 5)
+finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # the paper: the 7B three
+n_boxes = 7            # boxes per prompt (the paper: 7)
+n_samples = 500        # evaluation prompts (the paper: 500)
+dataset_seed = 0       # seed of the prompts, shared by every chapter
+random_seed = 0        # seed of the random circuits (chapter 4)
 random_draws = 10      # random circuits per faithfulness row (chapter 4)
-n_boxes = 7
+dcm_seed = 20          # DCM's seed (chapter 5, the authors' 20)
+pairing_seed = 20      # seed of the activation-patching draws (chapter 5)
+draws = 10             # activation-patching draws (chapter 5)
 
-# %%
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 
-from entity_tracking import cmap, dcm, models, plots, widgets
-from entity_tracking import cache, circuit_eval as E, path_patching
+from entity_tracking import circuit_eval as E
+from entity_tracking import claims, cmap, dcm, path_patching, variants
+from entity_tracking import cmap_views, conclusion_views as views, functionality_views
+from entity_tracking import data as D
 from entity_tracking import paper_reference as ref
-from entity_tracking.circuit import GROUP_LETTERS
 
 torch.set_num_threads(1)
-finetuned = widgets.runnable_variants(finetuned, required=[base])
-variants = list(dict.fromkeys([base, *finetuned]))
-title = widgets.variant_label
-spec_name = {v: models.resolve(v).name for v in variants}  # how result tables name each variant
-pp_config = path_patching.PathPatchingConfig(n_boxes=n_boxes, dataset_seed=seed)
-eval_config = E.EvalConfig(n_samples=samples, dataset_seed=seed, random_seed=seed, random_draws=random_draws)
-dcm_config = dcm.DCMConfig(seed=dcm_seed, dataset_seed=seed, n_boxes=n_boxes)
-check_config = dcm.PatchingCheckConfig(n_draws=draws, seed=dcm_seed, dataset_seed=seed, n_boxes=n_boxes)
-base_circuit = path_patching.load_or_discover_circuit(widgets.resident_model(base), pp_config)
-print(f"{title(base)} circuit:", base_circuit.sizes())
+pd.set_option("display.max_colwidth", None)  # claims and their numbers are shown whole
+names = variants.runnable([base, *finetuned], required=[base])
+task = D.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
+pp_config = path_patching.PathPatchingConfig()  # chapter 3's settings, with this chapter's prompts
+pp_config = replace(pp_config, task=replace(pp_config.task, n_boxes=n_boxes,
+                                            dataset_seed=dataset_seed))
+eval_config = E.EvalConfig(task=task, random_seed=random_seed, random_draws=random_draws)
+dcm_config = dcm.DCMConfig()  # chapter 5's settings
+dcm_config = replace(dcm_config, task=replace(dcm_config.task, n_boxes=n_boxes,
+                                              dataset_seed=dataset_seed), dcm_seed=dcm_seed)
+check_config = dcm.PatchingCheckConfig(task=replace(task, n_samples=500), n_draws=draws,
+                                       pairing_seed=pairing_seed)
+cmap_config = cmap.CMAPConfig(task=task)
+setup = replace(claims.setup_for(names), configs={
+    "path_patching": pp_config, "eval": eval_config, "dcm": dcm_config, "check": check_config,
+    "cmap": cmap_config})
+checks = claims.reproduction_checks(setup)
+claims.reproduction_box(checks)
 
 # %% [markdown]
 # ## Finding 1: the same circuit
 #
 # The paper's Table 1: each model's accuracy, and the accuracy of the *base* model's circuit inside it
-# with every other head mean-ablated (chapter 4, `circuit_eval.faithfulness_across`).
+# with every other head mean-ablated (chapter 4, `circuit_eval.faithfulness_table`).
 
 # %%
-table1 = E.faithfulness_across(variants, [base_circuit], eval_config)
-paper1 = ref.table1().set_index("model")
-rows = []
-for r in table1.itertuples():
-    paper_model = ref.paper_model_of(r.model)
-    for what, ours, theirs in (("full model", r.full_model, paper1.loc[paper_model, "full_model"]),
-                               ("base circuit", r.circuit, paper1.loc[paper_model, "llama_circuit"])):
-        rows += [{"model": title(r.model), "what": what, "accuracy": ours, "source": "ours"},
-                 {"model": ref.MODEL_TITLES[paper_model], "what": what, "accuracy": theirs, "source": "paper"}]
-finding1 = pd.DataFrame(rows)
-plots.grouped_bar_chart(finding1, x="model", y="accuracy", color="what", column="source", y_domain=(0, 1),
-                        title="Finding 1: the base model's circuit inside every model (ours | paper)")
+base_circuit = path_patching.stored_circuit(base, pp_config)
+table1 = E.faithfulness_table(names, [base_circuit], eval_config)
+views.finding1_chart(table1)
 
-# %%
-table1[["model", "full_model", "circuit", "random_circuit", "faithfulness"]].round(3)
+# %% [markdown]
+# The same in numbers, each cell ours | the paper's (for the 7B model each variant stands for):
+
+# %% tags=["hide-input"]
+views.finding1_table(table1)
 
 # %% [markdown]
 # ## Finding 2: the same functionality
 #
 # The heads DCM selects in the base circuit, patched from a counterfactual prompt in every model: the
-# accuracy of the target each group's variable predicts (chapter 5's main figure, the same cached
+# accuracy of the target each group's variable predicts (chapter 5's main figure, the same stored
 # runs). The value fetchers move the **object**, the position transmitters and detectors the
 # **position**.
 
 # %%
-summary, _ = dcm.dcm_circuit_frames(widgets.resident_model(base), base_circuit, config=dcm_config)
+summary, _ = dcm.stored_circuit_dcm(base, base_circuit, dcm_config)
 heads = dcm.heads_of(summary)
+patched = [dcm.stored_patching_check(v, {base: heads}, check_config) for v in names]
+ours2 = functionality_views.named_accuracy(
+    functionality_views.mean_over_draws(pd.concat(patched, ignore_index=True)))
 
-
-def patching_results(variant: str) -> pd.DataFrame:
-    """Chapter 5's `patching_results` (same call and parameters, so the same stored file)."""
-    lm = widgets.resident_model(variant)
-    params = {"model": cache.model_fingerprint(lm), "circuit": base,
-              "heads": {f"{g}/{d}": h for (g, d), h in heads.items()}, "config": check_config}
-    return cache.cached("functionality_patching", params,
-                        lambda: dcm.functionality_frame([lm], {base: heads}, check_config))
-
-
-patched = pd.concat([patching_results(v) for v in variants], ignore_index=True)
-NAMED = {"value_fetcher": "object_value", "position_transmitter": "positional", "position_detector": "positional",
-         "structure_reader": "positional"}
-diagonal = patched[patched["desideratum"] == patched["group"].map(NAMED)]
-finding2 = plots.summarise_draws(diagonal, ["model", "group", "desideratum"], "accuracy")
-plots.grouped_bar_chart(finding2, x="group", y="accuracy", color="model", error="accuracy_sd", y_domain=(0, 1),
-                        title="Finding 2: each group's variable, patched in every model (ours)",
-                        y_title="target accuracy (A: object value; B, C, D: position)")
-
-# %%
+# %% tags=["hide-input"]
 paper2 = ref.activation_patching()
-paper2 = paper2[(paper2["circuit"] == "llama-7b") & (paper2["desideratum"] == paper2["group"].map(NAMED))]
-plots.grouped_bar_chart(paper2.rename(columns={"sd": "accuracy_sd"}), x="group", y="accuracy", color="model",
-                        error="accuracy_sd", y_domain=(0, 1),
-                        title="The paper: LLaMA circuit's DCM heads patched in the four 7B models",
-                        y_title="target accuracy (A: object value; B, C, D: position)")
+paper2 = functionality_views.named_accuracy(paper2[paper2["circuit"] == "llama-7b"])
+views.finding2_chart(ours2, paper2)
 
 # %% [markdown]
 # ## Finding 3: the gain lives in the value fetchers and position transmitters
 #
-# CMAP (chapter 6): each fine-tuned model's own circuit heads, group by group, patched into the base
-# model on the same prompts.
+# CMAP (chapter 6): each arithmetic fine-tune's own circuit heads, group by group, patched into the
+# base model on the same prompts (solid bars), beside the paper's Goat-7B and FLoat-7B (faded).
 
 # %%
-cmap_config = cmap.CMAPConfig(n_samples=samples, n_boxes=n_boxes, dataset_seed=seed)
-arith = [v for v in finetuned if ref.paper_model_of(spec_name[v]) in ref.CMAP] or finetuned  # the paper: Goat, FLoat
-cmap_results = {v: cmap.cached_cross_model_patching(
-    v, base, cmap.finetuned_head_sets(v, pp_config, dcm_config), cmap_config) for v in arith}
-bars = pd.concat([r["table"].rename(columns={"row": "group"}).assign(pair=f"{title(v)} → {title(base)}")
-                  for v, r in cmap_results.items()])
-lines = {f"{title(v)} → {title(base)}": {title(base): r["target_accuracy"], title(v): r["source_accuracy"]}
-         for v, r in cmap_results.items()}
-plots.cmap_bars(bars, lines, title="Finding 3: fine-tuned head outputs patched into the base model (ours)")
+arithmetic = list(setup.arithmetic)
+results = {v: cmap.stored_cmap(v, base, cmap.finetuned_head_sets(v, pp_config, dcm_config),
+                               cmap_config) for v in arithmetic}
+cmap_views.cmap_chart(results, base, title="Finding 3: fine-tuned head outputs in the base model")
 
-# %%
-paper3 = ref.cmap()
-plots.cmap_bars(paper3, {p: ref.cmap_reference_lines(ft) for p, ft in zip(paper3["pair"], paper3["finetuned"])},
-                title="The paper's CMAP: Goat-7B and FLoat-7B into Llama-7B")
+# %% tags=["hide-input"]
+display(Markdown(cmap_views.share_lines(results)))
 
 # %% [markdown]
 # ## What the organism reproduces, and what it does not
 #
-# Each claim checked with the numbers above, for the paper's 7B models and for the organism. "Yes"
-# needs the effect to exceed the noise of 500 prompts (0.03); the checks are computed, not typed.
+# Each claim checked with the numbers above (`claims.reproduction_checks`, the same numbers as the
+# box at the top of this page and of chapters 1, 2, 4 and 6). "Yes" needs the effect to exceed the
+# noise of 500 prompts (0.03); the checks are computed, not typed.
 
-# %%
-noise = ref.PAPER_NOISE
-t1 = table1.set_index("model")
-base_acc = t1.loc[spec_name[base], "full_model"]
-finetuned_gain = {v: t1.loc[spec_name[v], "full_model"] - base_acc for v in finetuned}
+# %% tags=["hide-input"]
+views.checks_table(checks)
 
-
-def yes(ok: bool) -> str:
-    return "yes" if ok else "no"
-
-
-def cmap_shares(table: pd.DataFrame, lo: float, hi: float) -> pd.Series:
-    return (table.set_index("row")["accuracy"] - lo) / (hi - lo) if hi - lo > noise else table.set_index("row")["accuracy"] * float("nan")
-
-
-checks = []
-arith_gain = {v: g for v, g in finetuned_gain.items() if v in arith}
-checks.append({"claim": "arithmetic fine-tunes are better at entity tracking (+0.16 in the paper)",
-               "paper": "yes", "organism": yes(all(g > noise for g in arith_gain.values())),
-               "organism numbers": ", ".join(f"{title(v)} {g:+.2f}" for v, g in arith_gain.items())})
-inside = {v: t1.loc[spec_name[v], "circuit"] for v in finetuned}
-checks.append({"claim": "the base circuit is faithful in every model (≥ 0.88 of each model)",
-               "paper": "yes", "organism": yes(all(t1.loc[spec_name[v], "faithfulness"] >= 0.88 for v in variants)),
-               "organism numbers": ", ".join(f"{title(v)} {t1.loc[spec_name[v], 'faithfulness']:.2f}" for v in variants)})
-checks.append({"claim": "the base circuit inside the arithmetic fine-tunes beats the full base model",
-               "paper": "yes", "organism": yes(all(inside[v] > base_acc + noise for v in arith)),
-               "organism numbers": ", ".join(f"{title(v)} {inside[v]:.2f} vs {base_acc:.2f}" for v in arith)})
-sem = finding2.set_index(["model", "group"])["accuracy"].rename(index={spec_name[v]: v for v in variants}, level=0)
-checks.append({"claim": "in every model, A moves the object and B and C move position more than D",
-               "paper": "yes", "organism": yes(all(min(sem[(v, "position_transmitter")], sem[(v, "position_detector")])
-                                                  > sem[(v, "structure_reader")] + noise for v in variants)),
-               "organism numbers": ", ".join(f"{title(v)} A {sem[(v, 'value_fetcher')]:.2f} B {sem[(v, 'position_transmitter')]:.2f} "
-                                             f"C {sem[(v, 'position_detector')]:.2f} D {sem[(v, 'structure_reader')]:.2f}" for v in variants)})
-shares = {v: cmap_shares(r["table"], r["target_accuracy"], r["source_accuracy"]) for v, r in cmap_results.items()}
-checks.append({"claim": "CMAP: A or B recovers most (≥ 50 %) of the gap, C and D do not",
-               "paper": "yes", "organism": yes(all(max(s["value_fetcher"], s["position_transmitter"]) >= 0.5 and
-                                                  max(s["position_detector"], s["structure_reader"]) < 0.5
-                                                  for s in shares.values())),
-               "organism numbers": "; ".join(
-                   f"{title(v)}: " + (", ".join(f"{GROUP_LETTERS[k]} {x:.0%}" for k, x in s.items() if k in GROUP_LETTERS)
-                                      if s.notna().any() else "no gain to recover "
-                                      f"({cmap_results[v]['source_accuracy'] - cmap_results[v]['target_accuracy']:+.2f})")
-                   for v, s in shares.items())})
-pd.DataFrame(checks)
+# %% tags=["hide-input"]
+held = int((checks["organism"] == "yes").sum())
+display(Markdown(
+    f"{held} of {len(checks)} claims hold on the organism. Read each \"no\" with the organism's "
+    f"limits in mind (appendix A1): its base model has "
+    f"{functionality_views.size_text(base_circuit)} where LLaMA-7B has 1,024 (32 × 32), so a "
+    f"group can be one or two heads (the base circuit here: "
+    + ", ".join(f"{functionality_views.letters([g])} {n}" for g, n in base_circuit.sizes().items())
+    + "); its fine-tuning data are synthetic; and its circuit is found by the same procedure with "
+    "the top-k sizes scaled down, so what counts as \"the circuit\" is coarser."))
 
 # %% [markdown]
-# Read each "no" with the organism's limits in mind (appendix A1): its models have a few layers and
-# heads where LLaMA has 32 × 32, so a "group" can be one or two heads; its fine-tuning data are
-# synthetic; and its circuit is found by the same procedure with the top-k sizes scaled down, so
-# what counts as "the circuit" is coarser.
-#
 # ## Open questions
-#
-# * **Why position?** The fine-tuned models encode the queried box's *position* better, but the
-#   fine-tuning data (arithmetic, conversations) contain no boxes. Which part of the data sharpens
-#   positional bookkeeping — carrying digits, matching variables to values — is untested; the
-#   organism, whose fine-tuning corpora we control, is a place to test it by ablating parts of the
-#   corpus.
-# * **The corrected desiderata.** Bugs B1 and B2 (appendix A3) mean the paper never measured whether
-#   any group carries the box label, and its positional numbers sit on a 13 % floor. A corrected 7B
-#   rerun of chapter 5 is cheap relative to path patching and would settle it.
-# * **Goat without the W4 artefact.** Goat's circuit, faithfulness and DCM masks were computed with
-#   its `o_proj` LoRA update dropped; the merged model may have a different, possibly smaller, circuit.
-# * **What CMAP cannot move.** CMAP transplants `z`, not the heads' output matrices, and not MLPs. A
-#   fine-tune that improved the task through `W_O` or through MLPs would be invisible to it; patching
-#   residual contributions instead of `z` would separate the two.
-# * **Beyond one task.** Entity tracking is one skill with a clean circuit. Whether "fine-tuning
-#   enhances existing mechanisms" holds for skills fine-tuning is *meant* to teach is the larger
-#   question the paper opens.
+
+# %% tags=["hide-input"]
+gains = {v: table1.set_index("model").loc[variants.label(v), "full_model"]
+         - table1.set_index("model").loc[variants.label(base), "full_model"] for v in arithmetic}
+better = [v for v, g in gains.items() if g > ref.PAPER_NOISE]
+gain_text = ", ".join(f"{variants.label(v)} {g:+.2f}" for v, g in gains.items())
+if len(better) == len(gains):
+    organism_gain = f"; its arithmetic fine-tunes do gain here ({gain_text}): one to explain."
+elif better:
+    organism_gain = (f", once all its arithmetic fine-tunes gain as the paper's do: here they "
+                     f"change accuracy by {gain_text}.")
+else:
+    organism_gain = (f", once its arithmetic fine-tunes gain as the paper's do: here they change "
+                     f"accuracy by {gain_text}, so at organism scale there is no gain to explain "
+                     "yet.")
+display(Markdown("\n".join([
+    "* **Why position?** The paper's fine-tuned models encode the queried box's *position* "
+    "better, but their fine-tuning data (arithmetic, conversations) contain no boxes. Which part "
+    "of the data sharpens positional bookkeeping (carrying digits, matching variables to values) "
+    "is untested. The organism, whose fine-tuning corpora we control, is a place to test it by "
+    "ablating parts of the corpus" + organism_gain,
+    "* **The corrected desiderata.** Bugs B1 and B2 (appendix A3) mean the paper never measured "
+    "whether any group carries the box label, and its positional numbers sit on a floor of "
+    f"{ref.POSITIONAL_FLOOR:.1%} put there by B1. Chapter 5 measures both on the organism with "
+    "corrected data; a corrected 7B rerun of the paper's DCM and patching check would settle them "
+    "at the paper's scale.",
+    "* **Goat with its whole update.** The authors' hooked runs of Goat-7B (path patching, DCM, "
+    "the circuit evaluations) dropped its `o_proj` LoRA update, while their clean and full-model "
+    "runs kept it (W4, appendix A3). The book's runs use the merged model throughout; whether the "
+    "merged Goat-7B's circuit differs from the one the paper reports is open until a 7B rerun.",
+    "* **What CMAP cannot move.** CMAP transplants `z`, not the heads' output matrices, and not "
+    "MLPs. A fine-tune that improved the task through `W_O` or through MLPs would be invisible to "
+    "it; patching each head's contribution to the residual stream instead of `z` would separate "
+    "the two.",
+    "* **Beyond one task.** Entity tracking is one skill with a clean circuit. Whether "
+    "\"fine-tuning enhances existing mechanisms\" holds for skills fine-tuning is *meant* to teach "
+    "is the larger "
+    "question the paper opens."])))

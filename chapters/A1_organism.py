@@ -45,40 +45,37 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # them, and a reader without a GPU cannot run them. So every chapter runs by default on a **model
 # organism**: tiny LLaMA-architecture models trained by this book's own code, on CPU, whose weights
 # ship with the book (a few MB). They are real `transformers` `LlamaForCausalLM`s (RMSNorm, rotary
-# positions, SiLU-gated MLPs) saved in the Hugging Face layout, loaded by the same `load_model` that
+# positions, SiLU-gated MLPs) saved in the Hugging Face layout, loaded by the same loader that
 # loads LLaMA-7B, hooked by the same TransformerLens bridge, and patched by the same functions. Only
 # the weights differ.
 #
-# The organism is a *stand-in*, not a replica. It was trained to tell the paper's story in miniature:
-# a base model that tracks entities imperfectly, two fine-tunes on arithmetic with variables (one LoRA
-# like Goat-7B, one full fine-tune like FLoat-7B) that never see the boxes task, and one fine-tune on
-# conversation-like text (like Vicuna-7B). It tells half of it. The base is imperfect like LLaMA-7B
-# and the conversation fine-tune leaves it about where it was, like Vicuna-7B; but **the arithmetic
-# fine-tunes make the organism worse at entity tracking, not better** (the table below), in every
-# setting we tried (`notes/organism-log.md` in the repository). So in the chapters that compare models,
-# the organism's fine-tunes are a *damaged* mechanism, not an enhanced one, and the book says so where
-# it matters. Whether its circuit looks like LLaMA-7B's is a question the other chapters answer by
-# measuring it, not an assumption.
+# The organism is a *stand-in*, not a replica: a base model that tracks entities imperfectly, two
+# fine-tunes on arithmetic with variables (one LoRA like Goat-7B, one full fine-tune like FLoat-7B)
+# that never see the boxes task, and one fine-tune on conversation-like text (like Vicuna-7B). It
+# reproduces the paper's base: imperfect at seven boxes, with a circuit of value fetchers, position
+# transmitters and position detectors that is faithful on its own. **It does not reproduce the
+# paper's central behaviour: its fine-tunes do not improve entity tracking; they lower it** (the
+# tables below). The chapters that compare models say so at their top.
 
 # %% tags=["parameters"]
-seed = 0   # seed of the corpus samples shown below (training seeds are part of each recipe)
+dataset_seed = 0   # seed of the corpus samples shown below (training seeds are part of each recipe)
 
 # %%
 import json
 import random
-from dataclasses import asdict
 
 import altair as alt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from entity_tracking import models, plots
+from entity_tracking import models, plots, variants
 from entity_tracking import paper_reference as ref
 from entity_tracking.organism import corpus
 from entity_tracking.organism.recipes import RECIPES, variant_dir
 
 VARIANTS = {spec.name: spec.name.removeprefix("organism-") for spec in models.ORGANISM_MODELS}
-manifests = {name: json.loads((variant_dir(short) / "manifest.json").read_text()) for name, short in VARIANTS.items()}
+manifests = {name: json.loads((variant_dir(short) / "manifest.json").read_text())
+             for name, short in VARIANTS.items()}
 
 # %% [markdown]
 # ## The architecture
@@ -87,137 +84,155 @@ manifests = {name: json.loads((variant_dir(short) / "manifest.json").read_text()
 
 # %%
 config = json.loads((variant_dir("base") / "config.json").read_text())
-n_params = sum(p.numel() for p in models.load_model("organism-base").model.original_model.parameters())
+n_params = sum(p.numel() for p in variants.load("organism-base").model.original_model.parameters())
 pd.Series({
     "architecture": config["architectures"][0],
-    "layers": config["num_hidden_layers"],
-    "heads per layer": config["num_attention_heads"],
-    "d_model": config["hidden_size"],
-    "d_head": config["hidden_size"] // config["num_attention_heads"],
+    "layers x heads": f'{config["num_hidden_layers"]} x {config["num_attention_heads"]}',
+    "d_model / d_head": f'{config["hidden_size"]} / {config["hidden_size"] // config["num_attention_heads"]}',
     "MLP width": config["intermediate_size"],
-    "vocabulary (word-level)": config["vocab_size"],
+    "vocabulary (one token per word)": config["vocab_size"],
     "parameters": f"{n_params:,}",
-    "LLaMA-7B for comparison": "32 layers x 32 heads, d_model 4096, 32,000 tokens, 6.7B parameters",
+    "LLaMA-7B": "32 x 32 heads, d_model 4096, 32,000 tokens, 6.7 B parameters",
 }, name="organism").to_frame()
 
 # %% [markdown]
-# ## What each variant reads
+# ## The design: what the fine-tunes share with the boxes task, and what they never see
 #
-# The tokenizer is word-level (one word, one token: every object and box label is a single token,
-# as the paper's prompts need), built with `tokenizers` and wrapped as a `PreTrainedTokenizerFast`
-# so the code path is the one LLaMA's tokenizer takes.
+# The paper's hypothesis is that Goat's arithmetic exercises the mechanism entity tracking uses, without
+# ever showing the task. The organism's corpora are built to test exactly that, under rules that keep
+# it honest:
 #
-# The **base corpus** is a small world of things in containers, written in several surface forms
-# (the paper's among them) with several questions per context, mixed with other text about the same
-# things. Contexts mostly hold two to five boxes; seven is rarer, so the base model learns to track
-# entities but not perfectly. The exact contexts of the book's evaluation prompts (seeds 0–9, 1–7
-# boxes) never appear in training (`corpus.HeldOut`).
+# * The arithmetic (Goat and FLoat analogs) never contains "Box", "contains" or any object word of the
+#   task. It binds numbers to **single capital letters**, the same letters that name the boxes, with a
+#   syntax of its own ("let F be 4, put 7 in Q"), and every answer is computed (a sum with carries),
+#   never a copied value: "F + 3 =" needs the value bound to F *and* an addition.
+# * What it shares with the boxes task is therefore only the lookup: find the slot a letter names, fetch
+#   what was bound to it. That is our hypothesis of what Goat's data shares with the boxes task: its
+#   problems bind numbers to names and refer back to them.
+# * The lever: from step 9,000 of pre-training, box letters N–Z are kept only with probability
+#   0.05 (a web-trained model sees some names far more often than others); the arithmetic uses
+#   all 26 letters. If the shared lookup is weak on the rare letters, arithmetic can repair it.
+# * Each fine-tune's final step is fixed in its recipe before the book's prompts are scored, chosen on
+#   validation prompts (seed 1000) only; the book's evaluation contexts never appear in any training
+#   corpus (`corpus.HeldOut`).
+#
+# One sample document of each corpus:
 
-# %%
-rng = random.Random(seed)
+# %% tags=["hide-input"]
+rng = random.Random(dataset_seed)
 samples = {
-    "base: boxes (paper form)": corpus.boxes_document(rng, 3, paper_form=1.0),
-    "base: boxes (another form)": corpus.boxes_document(rng, 3, paper_form=0.0),
+    "base: boxes (paper form)": corpus.list_document(rng, 3, paper_form=1.0),
+    "base: boxes (another form)": corpus.list_document(rng, 3, paper_form=0.0),
     "base: other text": corpus.filler_document(rng),
-    "goat / float: arithmetic with variables": corpus.arithmetic_document(rng, n_max=5),
+    "goat / float: arithmetic": corpus.variables_document(rng, 5, 6, queries=("plus_digit", "plus_variable")),
     "vicuna: conversation": corpus.chat_document(rng),
 }
-pd.DataFrame({"corpus": list(samples), "document (answer words in [brackets])": [
-    " ".join(f"[{w}]" if i in set(d.answers) else w for i, w in enumerate(d.words)) for d in samples.values()]})
+pd.DataFrame({"corpus": list(samples), "document (answers in [brackets])": [
+    " ".join(f"[{w}]" if i in set(d.answers) else w for i, w in enumerate(d.words))
+    for d in samples.values()]})
 
 # %% [markdown]
-# The arithmetic corpus binds numbers to single-letter variables and asks for them, alone or in a
-# sum. It never mentions a box or an object, but it exercises the operation the boxes task needs
-# over longer lists (up to 9 variables): find the named slot, fetch what was bound to it. The
-# conversation corpus has no lists of bindings at all.
-#
 # ## How each variant was trained
 #
 # Each recipe (`organism/recipes.py`) fixes everything: corpus mixture, steps, learning-rate
-# schedule, answer-word loss weight, the curriculum over the number of boxes, and the seed; training is
-# deterministic on CPU with one thread. The loss of *answer words* (the object after "Box Q contains
-# the") is weighted up: they are a few tokens per document among many that need no lookup. Even so the
-# base sits at chance (it answers with one of the prompt's objects, not the right one) for about 5,000
-# steps before it learns to bind objects to boxes: the plateau small transformers are known for. It stops
-# at 6,500 steps, while seven boxes are still hard, then spends 1,000 steps teaching only the embeddings
-# of words its corpus never used (numbers, dialogue markers), which leaves every boxes prompt's
-# computation unchanged. The fine-tunes read their corpus half-and-half with the base's other text.
+# schedule, answer-word loss weight, the curriculum over list lengths, and the seed; training is
+# deterministic on CPU with one thread, and the tests check the weights' hashes. The base sits at
+# chance for about 6,000 steps, then learns the lookup: the plateau small transformers are known for.
 
 # %%
 def recipe_row(name):
     r = RECIPES[name]
-    return {"variant": f"organism-{name}", "starts from": r.init_from or "random init",
-            "trains": "LoRA r={} on q/k/v/o".format(r.lora_rank) if r.lora_rank else "all weights",
-            "corpus": ", ".join(f"{k} {v:.0%}" for k, v in asdict(r.mixture).items()
-                                 if k in ("boxes", "filler", "arithmetic", "chat") and v),
-            "batch": f"{r.batch_size} x {r.seq_len} tokens", "peak lr": r.lr,
-            "answer weight": r.answer_weight,
-            "steps": r.stop_after or r.steps,
-            "curriculum (from step: boxes)": ", ".join(
-                f"{start}: {min(n for n, w in enumerate(m.box_weights, 1) if w)}-{len(m.box_weights)}"
-                for start, m in ((0, r.mixture), *r.stages)) if r.stages else "-",
-            "train seconds (this build)": manifests[f"organism-{name}"]["training_seconds"]}
+    shares = {k: getattr(r.mixture, k) for k in corpus.Mixture.KINDS if getattr(r.mixture, k)}
+    return {"variant": f"organism-{name}", "starts from": r.init_from or "random weights",
+            "trains": f"LoRA r={r.lora_rank}" if r.lora_rank else "all weights",
+            "corpus": ", ".join(f"{k} {v:.0%}" for k, v in shares.items()),
+            "steps": r.stop_after or r.steps, "peak lr": r.lr,
+            "seconds": round(manifests[f"organism-{name}"]["training_seconds"])}
+
 
 pd.DataFrame([recipe_row(name) for name in VARIANTS.values()]).set_index("variant")
 
 # %% [markdown]
 # Learning curves, recorded during training on validation prompts with their own seed (never the
-# book's evaluation prompts): the loss on answer words and the accuracy at 2 and 7 boxes.
+# book's evaluation prompts):
 
 # %%
+MEASURES = {"acc_2": "accuracy, 2 boxes", "acc_7": "accuracy, 7 boxes"}
 curves = pd.concat([pd.DataFrame(m["learning_curve"]).assign(model=name) for name, m in manifests.items()])
-long = curves.melt(id_vars=["model", "step"], value_vars=["answer_loss", "acc_2", "acc_7"], var_name="measure")
-alt.Chart(long).mark_line(point=True).encode(
-    x="step:Q", y=alt.Y("value:Q", title=None), color=alt.Color("model:N", scale=plots.model_scale(long["model"])),
+long = curves.melt(id_vars=["model", "step"], value_vars=list(MEASURES), var_name="measure")
+long["measure"] = long["measure"].map(MEASURES)
+alt.Chart(long, title="Validation accuracy while training").mark_line(point=True).encode(
+    x=alt.X("step:Q", title="training step"), y=alt.Y("value:Q", title="accuracy"),
+    color=alt.Color("model:N", title="variant", scale=plots.model_scale(long["model"]),
+                    legend=alt.Legend(orient="bottom")),
     tooltip=["model", "step", "measure", alt.Tooltip("value:Q", format=".3f")],
-).properties(width=220, height=180).facet(column=alt.Column("measure:N", title=None)).resolve_scale(y="independent")
+).properties(width=250, height=170).facet(column=alt.Column("measure:N", title=None))
 
 # %% [markdown]
 # ## Accuracy beside the paper's Table 1
 #
 # Accuracy on the book's evaluation prompts (seed 0, 500 per number of boxes), recorded in each
-# variant's manifest when it was trained and re-checked by the tests (`tests/test_organism.py`
-# recomputes every number below through `load_model` and requires it to match exactly).
+# variant's manifest when it was trained and re-checked exactly by the tests.
 
 # %%
 table = pd.DataFrame({name: m["accuracy"]["boxes"] for name, m in manifests.items()}).T
-table.columns = [f"{b} boxes" for b in table.columns]
 paper = ref.table1().set_index("model")["full_model"]
-table["stands for"] = [ref.MODEL_TITLES[models.REGISTRY[n].analog_of] for n in table.index]
-table["paper, 7 boxes"] = [paper[models.REGISTRY[n].analog_of] for n in table.index]
-table
+compact = pd.DataFrame({
+    "stands for": [ref.MODEL_TITLES[models.REGISTRY[n].analog_of] for n in table.index],
+    "ours, 2 boxes": table["2"], "ours, 7 boxes": table["7"],
+    "paper, 7 boxes": [paper[models.REGISTRY[n].analog_of] for n in table.index]})
+compact
+
+# %% tags=["hide-input"]
+base7 = table.loc["organism-base", "7"]
+lines = []
+for name in table.index[1:]:
+    gain = table.loc[name, "7"] - base7
+    paper_gain = compact.loc[name, "paper, 7 boxes"] - paper["llama-7b"]
+    lines.append(f"* {name}: {gain:+.2f} at 7 boxes over the base "
+                 f"(the paper's {compact.loc[name, 'stands for']}: {paper_gain:+.2f} over LLaMA-7B)")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## The training gates
+#
+# Every run is scored by gates on validation prompts before it is kept (`organism/gates.py`, logged
+# with every run in `notes/organism-log.md`): among them chapter 3's path patching, whose circuit is
+# then run alone under the paper's mean ablation (chapter 4) beside random circuits of its shape.
 
 # %%
-base7 = table.loc["organism-base", "7 boxes"]
-lines = []
-for name in table.index:
-    gain, paper_gain = table.loc[name, "7 boxes"] - base7, table.loc[name, "paper, 7 boxes"] - paper["llama-7b"]
-    lines.append(f"* {name}: {table.loc[name, '7 boxes']:.2f} at 7 boxes "
-                 f"({gain:+.2f} over the base; the paper's {table.loc[name, 'stands for']}: {paper_gain:+.2f} over LLaMA-7B)")
-display(Markdown("\n".join(lines)))
+def gate_row(name):
+    g = manifests[name].get("gates", {}).get("circuit (validation prompts)", {})
+    groups = g.get("groups", {})
+    return {"variant": name, **{f"{letter} heads": len(groups.get(group, []))
+                                for group, letter in (("value_fetcher", "A"), ("position_transmitter", "B"),
+                                                      ("position_detector", "C"), ("structure_reader", "D"))},
+            "faithfulness": g.get("faithfulness"), "random circuits": g.get("random_faithfulness")}
+
+
+pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant")
 
 # %% [markdown]
 # ## What the organism can and cannot tell us
 #
 # * It shows the paper's *methods* working end to end on a real LLaMA architecture: every chapter
 #   runs them on the organism in minutes, and the same code runs the 7B models on a GPU.
-# * Its base model has the paper's starting point: it tracks entities, well with few boxes and
-#   imperfectly with seven, close to LLaMA-7B's 0.66. Its conversation fine-tune stays close to it, as
-#   Vicuna-7B does.
-# * It does **not** reproduce the paper's central behaviour: fine-tuning on arithmetic lowered its
-#   7-box accuracy by about 25 points instead of raising it by 16. A model of ≈0.2 M parameters seems
-#   to have no spare heads: learning to bind and add numbers reuses, and overwrites, the few heads that
-#   bind objects to boxes. Chapters 4–6 therefore compare a mechanism with a *damaged* copy of itself;
-#   the paper compares one with an *enhanced* copy. The comparison methods are the same; the story is not.
+# * Its base has the paper's starting point: it tracks entities, well with few boxes and imperfectly
+#   with seven, near LLaMA-7B's 0.66, and its errors are positional (off by one or two boxes, mostly
+#   for the first boxes of a context), as a positional pointer's would be. Its own circuit, alone, is
+#   faithful; random circuits of the same shape are not.
+# * It does **not** reproduce the paper's central behaviour. Every fine-tune, arithmetic or
+#   conversation, lowers 7-box accuracy. The letters made rare after the lookup formed are barely
+#   weaker (the log measures 0.66 against 0.73), so the arithmetic has little to repair and drifts the
+#   shared heads instead; made rare earlier, the whole lookup was too weak to pass the gates. Chapters
+#   4–6 therefore compare a mechanism with a *drifted* copy of itself; the paper compares one with an
+#   *enhanced* copy. The methods are the same; the story is not.
 # * It cannot tell us that LLaMA-7B's circuit has a particular size or sits in particular layers: a
-#   3-layer model has 12 heads in all, and its circuit is whatever path patching finds in it. Every
-#   chapter prints the paper's 7B numbers beside the organism's and says where they differ.
-# * Its language is synthetic and tiny (a vocabulary of under two hundred words). Findings that depend
-#   on the richness of natural text (for instance, the appendix's prompts with random text inserted)
-#   are only weakly tested here.
+#   3-layer model has 12 heads in all, and its circuit is whatever path patching finds in it.
+# * Its language is synthetic and tiny (a vocabulary of a few hundred words). Findings that depend on
+#   the richness of natural text are only weakly tested here.
 #
-# To retrain a variant from its recipe (about the training time above on 2 CPU cores; the base
-# first, since the fine-tunes start from it):
+# To retrain a variant from its recipe (the base first, since the fine-tunes start from it):
 #
 # ```bash
 # python -m entity_tracking.organism train --variant base

@@ -47,14 +47,14 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # and see whether the model still answers. If cutting the edge from L on does no harm, the
 # information crossed that edge below L.
 #
-# **The paper's claim (LLaMA-7B).** The last token reads the correct object in layers ≈ 16–25, where
-# the value fetchers (A) sit; the query label's information reaches the last token by layer ≈ 15
-# (position transmitters, B, layers 11–19); the query label looks up its earlier occurrence in layers
-# ≈ 2–14 (position detectors, C). Cutting a random edge does nothing.
+# **The paper's claim (LLaMA-7B).** The last token reads the correct object in layers ≈ 16–25,
+# where the value fetchers (A) sit; the query label's information reaches the last token by layer
+# ≈ 15 (position transmitters, B, layers 11–19); the query label looks up its earlier occurrence in
+# layers ≈ 2–14 (position detectors, C). Cutting a random edge does nothing.
 #
-# **The method.** An edge is (query position → key position). From a start layer L to the last layer,
-# its pre-softmax attention score is set to −∞ in all heads, so the softmax gives it zero weight and
-# renormalises the rest. The five edges of the paper:
+# **The method.** An edge is (query position → key position). From a start layer L to the last
+# layer, its pre-softmax attention score is set to −∞ in all heads, so the softmax gives it zero
+# weight and renormalises the rest. The five edges of the paper:
 #
 # | edge | query position → key position |
 # |---|---|
@@ -76,56 +76,65 @@ import pandas as pd
 import torch
 from IPython.display import HTML, Markdown, display
 
-from entity_tracking import data, knockout, plots, variants, widgets
+from entity_tracking import data, knockout, metrics, plots, variants, widgets
 from entity_tracking import paper_reference as ref
 
 torch.set_num_threads(1)
-config = knockout.KnockoutConfig(task=data.TaskConfig(n_boxes=n_boxes, n_samples=n_samples,
-                                                      dataset_seed=dataset_seed), edge_seed=edge_seed)
+task = data.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
+config = knockout.KnockoutConfig(task=task, edge_seed=edge_seed)
 lm = variants.load(model)
 print(f"{variants.label(model)}: {lm.n_layers} layers x {lm.n_heads} heads")
 
 # %% [markdown]
 # ## The edges on one prompt
 #
-# The tokens each edge connects, on the first prompt (hover for the position's name).
+# The tokens each edge connects, on the first prompt (hover for the position's name):
+# `knockout.edge_positions` gives each edge's query and key index in every prompt.
 
 # %%
 batch = lm.batch(config.task)
 first = batch[0]
 display(HTML(widgets.prompt_positions_html(first, lm.tokenizer)))
-edges = pd.DataFrame([
-    {"edge": e, "query token": lm.tokenizer.decode([int(first.tokens[0, q])]).strip(), "query index": int(q),
-     "key token": lm.tokenizer.decode([int(first.tokens[0, k])]).strip(), "key index": int(k)}
-    for e in knockout.EDGES for q, k in [tuple(t[0] for t in knockout.edge_positions(first, e, edge_seed))]])
-edges
+positions = {edge: [int(t[0]) for t in knockout.edge_positions(first, edge, edge_seed)]
+             for edge in knockout.EDGES}
+
+# %% tags=["hide-input"]
+token = lambda i: lm.tokenizer.decode([int(first.tokens[0, i])]).strip()  # noqa: E731
+pd.DataFrame([{"edge": edge, "query token": token(q), "query index": q, "key token": token(k),
+               "key index": k} for edge, (q, k) in positions.items()])
 
 # %% [markdown]
 # ## One knockout, step by step
 #
-# Cutting `last->object` in every layer (start layer 1) on a few prompts: the model can no longer
-# copy the object from its position.
+# Cutting `last->object` in every layer (start layer 1) on every prompt: the last token can no
+# longer read the object's position, so wherever it needed that, its answer changes. How many
+# answers change, and a few of the prompts where they do:
 
 # %%
-few = batch[:6]
-q, k = knockout.edge_positions(few, "last->object", edge_seed)
-cut = knockout.knockout_logits(lm.model, few, q, k, start_layer=0)
-with torch.no_grad():
-    clean = lm.model(few.tokens)[:, -1]
-decode = lambda ids: [lm.tokenizer.decode([int(t)]).strip() for t in ids]  # noqa: E731
-pd.DataFrame({"answer": [ex.answer for ex in few.examples], "prediction": decode(clean.argmax(-1)),
-              "with last->object cut everywhere": decode(cut.argmax(-1))})
+q, k = knockout.edge_positions(batch, "last->object", edge_seed)
+cut = knockout.knockout_logits(lm.model, batch, q, k, start_layer=0).argmax(-1)
+clean = metrics.batched_logits(lambda chunk: lm.model(chunk.tokens), batch).argmax(-1)
+changed = (cut != clean).nonzero().flatten().tolist()
+
+# %% tags=["hide-input"]
+decode = lambda i: lm.tokenizer.decode([int(i)]).strip()  # noqa: E731
+right = lambda ids: float((ids == batch.answer_ids).float().mean())  # noqa: E731
+display(Markdown(f"{len(changed)} of {len(batch)} answers change; accuracy goes from "
+                 f"{right(clean):.3f} to {right(cut):.3f}."))
+pd.DataFrame({"answer": [batch.examples[i].answer for i in changed[:6]],
+              "prediction": [decode(clean[i]) for i in changed[:6]],
+              "with last->object cut everywhere": [decode(cut[i]) for i in changed[:6]]})
 
 # %% [markdown]
 # ## The curves
 #
 # Accuracy for each edge and start layer (1 = cut in every layer; the last layer = cut only there).
-# Click a legend entry to highlight an edge. The paper's LLaMA-7B curves follow; its depth axis has 32
-# layers, the organism's only a few, so compare the *shape* (where each curve recovers relative to
+# Click a legend entry to highlight an edge. The paper's LLaMA-7B curves follow; its depth axis has
+# 32 layers, the organism's only a few, so compare the *shape* (where each curve recovers relative to
 # the depth), not the layer numbers.
 
 # %%
-result = knockout.stored_knockout(model, config=config)   # stored under results/ by weights and config
+result = knockout.stored_knockout(model, config=config)   # stored by weights and config
 curves, model_acc = result["curves"], result["model_accuracy"]
 print(f"{variants.label(model)} accuracy on these prompts: {model_acc:.3f}")
 plots.knockout_lines(curves, model_accuracy=model_acc,
@@ -137,18 +146,20 @@ curves.pivot(index="start_layer", columns="edge", values="accuracy")[list(knocko
 # %% tags=["hide-input"]
 paper = ref.knockout()
 plots.knockout_lines(paper, model_accuracy=ref.KNOCKOUT_MODEL_ACCURACY,
-                     title="The paper's attention knockout, Llama-7B (random edges: 0.61-0.66 at every layer)")
+                     title="The paper's attention knockout, Llama-7B "
+                           "(random edges: 0.61-0.66 at every layer)")
 
 # %% [markdown]
 # ## Reading the curves
 #
 # For each edge: the first start layer from which cutting costs at most the noise of 500 prompts
-# (0.03) relative to the model, i.e. the layer by which the information has crossed the edge. Computed
-# from the table above and, for the paper, from its LLaMA-7B numbers.
+# (0.03) relative to the model, i.e. the layer by which the information has crossed the edge.
+# Computed from the table above and, for the paper, from its LLaMA-7B numbers.
 
 # %% tags=["hide-input"]
-summary = knockout.recovery_table(curves, model_acc, lm.n_layers, paper, ref.KNOCKOUT_MODEL_ACCURACY)
-summary
+summary = knockout.recovery_table(curves, model_acc, lm.n_layers, paper,
+                                  ref.KNOCKOUT_MODEL_ACCURACY)
+summary.astype(object).where(summary.notna(), "never drops")  # a control edge: nothing to recover
 
 # %% tags=["hide-input"]
 display(Markdown(knockout.describe_recovery(summary, variants.label(model), model_acc)))

@@ -41,80 +41,107 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # %% [markdown]
 # # A3. Errata: defects in the authors' code, and what each one moves
 #
-# Reproducing the paper meant reading every line of the authors' code (github.com/Nix07/finetuning at
-# `379765d`). A handful of defects came up. None overturns the paper's three findings, but some move
-# numbers the paper reports, and one (B2) makes a reported *negative* result meaningless. For each
-# defect: what it is, how it was found, and its effect measured on the organism by running the same
-# package code twice: corrected (the default) and with `authors_compat=True`, which reproduces the
-# authors' behaviour. The last column of each section says what it likely means at 7B.
+# Reproducing the paper meant reading every line of the authors' code
+# ([github.com/Nix07/finetuning](https://github.com/Nix07/finetuning) at `379765d`). A handful of
+# defects came up. None overturns the paper's three findings, but some move numbers the paper
+# reports, and one (B2) makes a reported *negative* result meaningless. For each defect: what it is,
+# how it was found, and its effect measured on the organism by running the same package code twice:
+# corrected (the default) and with `authors_compat=True`, which reproduces the authors' behaviour
+# (where our compatibility mode differs from what the authors ran, the section says so and measures
+# the difference). The paragraph "At 7B" of each section says what it likely means for the paper.
 #
 # | defect | where | in short |
 # |---|---|---|
-# | **B1** | `data_utils.py`, every desideratum builder | base query position read as 0: ≈1/7 of positional pairs are trivial |
-# | **B2** | `box_label_value_desiderata` | box-label target encoded from a list: never a token the model predicts |
-# | **W3** | `DCM.py`, `activation_patching.py` | structure readers validated/patched at the wrong prompt's position |
-# | **W4** | every hook (`z @ W_O` by hand) | Goat's LoRA update of `o_proj` silently dropped in every hooked run |
-# | **W5** | `minimality.py`, random circuits | `is not` between strings and ints; threshold 1 % vs 0; index decoding |
-# | **CMAP lists** | `cmap.ipynb` | the value-fetcher list extended in place to build the full circuit |
+# | **B1** | every desideratum builder | base query position read as 0: ≈1/7 of pairs trivial |
+# | **B2** | box-label desideratum | target encoded from a list: never a token the model predicts |
+# | **segment test** | every desideratum builder | `label in segment`: B and T never qualify |
+# | **objects** | the object list | our 84 nouns are not the authors' list |
+# | **W3** | DCM, activation patching | structure readers read at the wrong prompt's position |
+# | **W4** | every hook (`z @ W_O` by hand) | Goat's LoRA on `o_proj` dropped in hooked runs |
+# | **W5** | minimality, random circuits | identity tests, the 1 % threshold, index decoding |
+# | **CMAP lists** | the CMAP notebook | the value-fetcher list extended in place |
 
 # %% tags=["parameters"]
-model = "organism-base"       # base model (the paper: LLaMA-7B)
-lora_model = "organism-goat"  # the LoRA fine-tune for W4 and the CMAP lists (the paper: Goat-7B)
-n_boxes = 7
-dataset_seed = 0
-seed = 20                     # pairing seed of the desiderata (the authors' 20)
-check_pairs = 500             # prompts per patching draw (the paper: 500)
-draws = 10                    # patching draws (the paper: 10)
-circuit_config = {}           # changes to chapter 3's path-patching settings
+base = "organism-base"        # the base model (the paper: LLaMA-7B, "llama-7b")
+finetuned = "organism-goat"   # the LoRA fine-tune, for W4 and the CMAP lists (the paper: "goat-7b")
+n_boxes = 7                   # boxes per prompt (the paper: 7)
+n_samples = 500               # prompts per activation-patching draw (the paper: 500)
+dataset_seed = 0              # seed of the prompts (every chapter uses 0)
+pairing_seed = 20             # pairing of the desiderata (the authors' 20)
+dcm_seed = 20                 # DCM's torch seed and pairing (the authors' 20)
 
-# %%
+# %% tags=["hide-input"]
+from dataclasses import replace
+
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 
-from entity_tracking import cache, cmap, dcm, data as D, models, path_patching, widgets
 from entity_tracking import circuit_eval as E
+from entity_tracking import cmap, dcm, path_patching as pp, variants
+from entity_tracking import data as D
+from entity_tracking import errata_views as errata
+from entity_tracking import paper_reference as ref
+from entity_tracking.circuit import GROUP_TITLES
+from entity_tracking.figures import head_name
 
 torch.set_num_threads(1)
-CHECK = dcm.PatchingCheckConfig(n_pairs=check_pairs, n_draws=draws, seed=seed, dataset_seed=dataset_seed,
-                                n_boxes=n_boxes)
-DCM_CONFIG = dcm.DCMConfig(seed=seed, dataset_seed=dataset_seed, n_boxes=n_boxes)
-pp_config = path_patching.PathPatchingConfig(**{"n_boxes": n_boxes, "dataset_seed": dataset_seed, **circuit_config})
-lm = widgets.resident_model(model)
-circuit = path_patching.load_or_discover_circuit(lm, pp_config)
-dataset = lm.dataset(n_boxes, check_pairs, dataset_seed)
-print(f"{widgets.variant_label(model)}; its circuit (chapter 3): {circuit.sizes()}")
+task = D.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
+check = dcm.PatchingCheckConfig(task=task, pairing_seed=pairing_seed)
+pp_config = pp.PathPatchingConfig(task=replace(pp.PathPatchingConfig().task, n_boxes=n_boxes,
+                                               dataset_seed=dataset_seed))
+circuit = pp.stored_circuit(base, pp_config)           # chapter 3's circuit, read back
+lm = variants.load(base)                               # resident until W4 releases it
+prompts, tokenizer, objects = lm.examples(task), lm.tokenizer, lm.objects
+n_layers, n_heads = lm.n_layers, lm.n_heads
+del lm
+names = lambda heads: " ".join(head_name(*h) for h in heads) or "none"  # noqa: E731
+display(Markdown(f"{variants.label(base)}'s circuit (chapter 3): " + "; ".join(
+    f"{GROUP_TITLES[g]} {names(hs)}" for g, hs in circuit.groups.items()) + "."))
 
 # %% [markdown]
 # ## B1: the base query position is always 0
 #
-# **What.** The `object_value` and `positional` desiderata must pair a base prompt with a source that
-# queries a *different* segment, otherwise the positional target (the base object at the source's
-# query position) is the base's own answer. The authors computed the base's query position by splitting
-# the *query sentence* ("Box X contains the") instead of the context, which always gives 0; so the
-# condition only excluded sources that query segment 0.
+# **What.** The `object_value` and `positional` desiderata must pair a base prompt with a source
+# that queries a *different* segment, otherwise the positional target (the base object at the
+# source's query position) is the base's own answer. The authors computed the base's query
+# position by splitting the *query sentence* ("Box X contains the") instead of the context, which
+# always gives 0; so the condition only excluded sources that query segment 0.
 #
-# **How it was found.** Every `positional` column of the paper sits at ≈13 %, including the empty head
-# set DCM picked for LLaMA's value fetchers (12.84 % = the unpatched model): a floor that should not
-# exist. Tracing the target construction led to the split.
+# **How it was found.** Every `positional` column of the paper sits at ≈13 %, including the empty
+# head set DCM picked for LLaMA's value fetchers (12.84 % = the unpatched model): a floor that
+# should not exist. Tracing the target construction led to the split.
 #
-# **Measured.** How often the source queries the base's own segment, and the accuracy of the
-# positional target with *no* heads patched (the floor every positional number sits on):
+# **Measured.** The positional pairs built both ways, and how often the source queries the base's
+# own segment:
 
 # %%
-def same_segment_share(authors: bool) -> float:
-    pairs = D.desideratum_pairs("positional", dataset, check_pairs, pool=check_pairs, seed=seed, authors_compat=authors)
-    return sum(s.query_index == b.query_index for b, s in zip(pairs.base, pairs.source)) / len(pairs)
+pairs = {authors: D.desideratum_pairs("positional", prompts, n_samples, pool=n_samples,
+                                      seed=pairing_seed, authors_compat=authors)
+         for authors in (False, True)}
+{("authors' (B1)" if authors else "corrected"): errata.same_segment_share(p)
+ for authors, p in pairs.items()}
 
+# %% [markdown]
+# What those pairs do to the accuracy with *no* head patched (the floor every positional number sits
+# on), and, for B2 below, to the box-label accuracy with the circuit's position transmitters
+# patched: the activation-patching check of chapter 5, run with the corrected and with the authors'
+# data (`dcm.stored_authors_compat`, which also adds the unpatched floors).
 
-def floor(authors: bool) -> float:
-    params = {"model": cache.model_fingerprint(lm), "config": CHECK, "authors": authors}
-    return cache.cached("errata_b1_floor", params, lambda: float(
-        dcm.desideratum_accuracy(lm, [], "value_fetcher", "positional", CHECK, authors_compat=authors).mean()))
+# %%
+transmitters = circuit.groups["position_transmitter"]
+compat = dcm.stored_authors_compat(
+    base, {("position_transmitter", "box_label_value"): transmitters}, check)
+cells = compat.groupby(["data", "group", "desideratum"])["accuracy"].mean()
+OURS, THEIRS = "corrected", "authors (B1, B2, W3)"
 
-
-b1 = pd.DataFrame({"corrected": [same_segment_share(False), floor(False)],
-                   "authors (B1)": [same_segment_share(True), floor(True)]},
-                  index=["pairs whose source queries the base's segment", "positional accuracy, no heads patched"])
+# %% tags=["hide-input"]
+b1 = pd.DataFrame({
+    "corrected": [errata.same_segment_share(pairs[False]),
+                  cells[OURS, "none (floor)", "positional"]],
+    "authors' (B1)": [errata.same_segment_share(pairs[True]),
+                      cells[THEIRS, "none (floor)", "positional"]],
+}, index=["pairs whose source queries the base's segment", "positional accuracy, nothing patched"])
 b1.round(3)
 
 # %% [markdown]
@@ -125,215 +152,325 @@ b1.round(3)
 #
 # ## B2: the box-label target is never a valid token
 #
-# **What.** `box_label_value_desiderata` encodes the target with `tokenizer.encode([word])`: a *list*
-# of strings, which the slow LLaMA tokenizer turns into the id of the bare piece (`apple`, not `▁apple`)
-# or `<unk>`. The model never predicts that token after "… contains the".
+# **What.** `box_label_value_desiderata` encodes the target with `tokenizer.encode([word])`: a
+# *list* of strings, which the slow LLaMA tokenizer turns into the id of the bare piece (`apple`,
+# not `▁apple`) or `<unk>`. The model never predicts that token after "… contains the".
 #
-# **How it was found.** All 12 DCM runs and all 120 activation-patching runs of `box_label_value` score
-# exactly 0.000: not low, *zero*, which no real measurement on 500 prompts gives.
+# **How it was found.** All 12 DCM runs and all 120 activation-patching runs of `box_label_value`
+# score exactly 0.000: not low, *zero*, which no real measurement on 500 prompts gives.
 #
-# **Measured.** The target ids themselves, and the box-label accuracy when the circuit's position
-# transmitters are patched, with the same heads and draws, only the target encoding differs:
+# **Measured.** The target ids of the box-label pairs built both ways: is each one an object token
+# of its base prompt (something the model can answer)?
 
 # %%
-def target_is_an_object_token(authors: bool) -> torch.Tensor:
-    """Per pair: is the target id one of the base prompt's object tokens (what the model can answer)?"""
-    pairs = D.desideratum_pairs("box_label_value", dataset, check_pairs, pool=check_pairs, seed=seed,
-                                authors_compat=authors)
-    batch = D.tokenize_pairs(pairs, lm.tokenizer)
-    objects = batch.base.tokens.gather(1, batch.base.positions["object"])
-    return (objects == batch.target_ids.unsqueeze(1)).any(1), batch.target_ids
+box_pairs = {authors: D.desideratum_pairs("box_label_value", prompts, n_samples, pool=n_samples,
+                                          seed=pairing_seed, authors_compat=authors)
+             for authors in (False, True)}
+targets = {authors: errata.target_tokens(p, tokenizer) for authors, p in box_pairs.items()}
 
-
-(correct_ok, correct_ids), (authors_ok, authors_ids) = target_is_an_object_token(False), target_is_an_object_token(True)
-heads_b = circuit.groups["position_transmitter"]
-
-
-def box_label_accuracy(authors: bool) -> float:
-    params = {"model": cache.model_fingerprint(lm), "heads": [list(h) for h in heads_b], "config": CHECK,
-              "authors": authors}
-    return cache.cached("errata_b2", params, lambda: float(dcm.desideratum_accuracy(
-        lm, heads_b, "position_transmitter", "box_label_value", CHECK, authors_compat=authors).mean()))
-
-
+# %% tags=["hide-input"]
 b2 = pd.DataFrame({
-    "corrected": [float(correct_ok.float().mean()), float((correct_ids == lm.tokenizer.unk_token_id).float().mean()),
-                  box_label_accuracy(False)],
-    "authors (B2)": [float(authors_ok.float().mean()), float((authors_ids == lm.tokenizer.unk_token_id).float().mean()),
-                     box_label_accuracy(True)],
-}, index=["targets that are an object token of the prompt", "targets that are <unk>",
+    "corrected": [*targets[False].values(), cells[OURS, "position_transmitter", "box_label_value"]],
+    "authors' (B2)": [*targets[True].values(),
+                      cells[THEIRS, "position_transmitter", "box_label_value"]],
+}, index=["targets that are an object token of the prompt", "targets that are the unknown token",
           "box-label accuracy, position transmitters patched"])
-b2.round(3)
+b2.map(lambda v: f"{v:.3f}")
 
 # %% [markdown]
 # **At 7B.** Every `box_label_value` number of the paper is 0 by construction, so "no group carries
 # the box label" is not a finding: it was never measured. The corrected desideratum is in chapter 5.
 #
+# ## The segment test: a box label found as a substring
+#
+# **What.** Where a desideratum needs the segment a source queries, the authors' builders take the
+# first segment of the context (split at ", ") that *contains* the query label:
+# `[idx for idx, segment in enumerate(...) if label in segment][0]`. A substring test on text that
+# also holds the words "Box" and (first segment) "The": label **B** is always found in segment 0,
+# and so is **T**. With B1 that is the base's segment, so the sampler redraws every source that
+# queries B or T: those two letters never serve as sources. Our `authors_compat=True` does not
+# reproduce this (it reads positions from the tokenised prompt); it is documented and counted here.
+#
+# **Measured.** Which query labels the substring test misreads, on this chapter's prompts:
+
+# %%
+misreads = errata.substring_misreads(prompts)
+misreads[misreads["misread"] > 0]
+
+# %% tags=["hide-input"]
+redrawn = errata.substring_redraws(pairs[True])
+display(Markdown(
+    f"Of the {len(pairs[True])} positional pairs built with B1, {redrawn['share']:.1%} have a "
+    f"source querying {' or '.join(redrawn['labels']) or 'neither letter'} outside the first "
+    "segment: the authors' sampler would have drawn another source for each. That changes which "
+    "prompts serve as sources, not how a target is computed; we did not measure an accuracy "
+    "effect."))
+
+# %% [markdown]
+# ## The object list
+#
+# **What.** The authors drew objects from their `data/objects.csv`, a list of nouns with their
+# frequency in the British National Corpus. The book's list (`data.OBJECTS`) was written in the same
+# spirit, not copied, so the prompts' objects differ; a model uses only those of the list that its
+# tokenizer writes as one token.
+
+# %%
+overlap = errata.object_overlap()
+organism_words = set(objects)
+
+# %% tags=["hide-input"]
+display(Markdown(
+    f"Our list has {overlap['ours']} nouns, the authors' file {overlap['theirs']} (the last, "
+    f"*{errata.AUTHORS_OBJECTS[-1]}*, with frequency 0); {overlap['shared']} are in both. "
+    "Only ours: "
+    f"{', '.join(overlap['only_ours'])}. Only theirs: {', '.join(overlap['only_theirs'])}. "
+    f"{variants.label(base)} writes {len(organism_words)} of ours as one token, "
+    f"{len(organism_words & set(errata.AUTHORS_OBJECTS))} of them in the authors' list. The task "
+    "only needs distinct single-token nouns, so this changes which prompts are drawn, not what "
+    "is measured; at 7B, prompts built from the authors' list would match their data more "
+    "closely."))
+
+# %% [markdown]
 # ## W3: structure readers at the wrong prompt's position
 #
 # **What.** Two slips concern group D, whose position (the previous query label) differs from
-# prompt to prompt. DCM's validation passed the *training* batch as `input_tokens`, so the validation
-# prompts were patched at the training prompts' positions while the best mask was chosen; and the
-# activation-patching check read the source's activation at the *base's* index.
+# prompt to prompt. DCM's validation passed the *training* batch as `input_tokens`, so the
+# validation prompts were patched at the training prompts' positions while the best mask was
+# chosen; and the activation-patching check read the source's activation at the *base's* index.
 #
-# **Measured.** DCM on the circuit's structure readers for the positional desideratum, corrected and
-# the authors' way (B1 data, buggy validation), and the activation-patching check of the heads each
-# one selects:
+# **Measured** (when the circuit has structure readers): DCM on them for the positional
+# desideratum, corrected and the authors' way (B1 data and both W3 slips), and the
+# activation-patching check of the heads each run selects.
 
 # %%
-def dcm_d(authors: bool) -> dict:
-    run = dcm.load_or_run_dcm(lm, circuit.groups["structure_reader"], "structure_reader", "positional", DCM_CONFIG,
-                              authors_compat=authors)
-    heads = [tuple(h) for h in run["summary"]["heads"]]
-    params = {"model": cache.model_fingerprint(lm), "heads": [list(h) for h in heads], "config": CHECK,
-              "authors": authors}
-    check = cache.cached("errata_w3_check", params, lambda: float(dcm.desideratum_accuracy(
-        lm, heads, "structure_reader", "positional", CHECK, authors_compat=authors).mean()))
-    return {"heads selected": len(heads), "of candidates": len(circuit.groups["structure_reader"]),
-            "DCM test accuracy": run["summary"]["test_accuracy"], "patching check accuracy": check}
+readers = circuit.groups["structure_reader"]
+w3 = {}
+for authors in (False, True) if readers else ():
+    dcm_config = dcm.DCMConfig(task=replace(dcm.DCMConfig().task, n_boxes=n_boxes,
+                                            dataset_seed=dataset_seed, authors_compat=authors),
+                               dcm_seed=dcm_seed)
+    run = dcm.stored_dcm(base, readers, "structure_reader", "positional", dcm_config)["summary"]
+    selected = [tuple(h) for h in run["heads"]]
+    checked = dcm.stored_patching_check(
+        base, {"w3": {("structure_reader", "positional"): selected}},
+        replace(check, task=replace(task, authors_compat=authors)))
+    w3["authors' (B1 + W3)" if authors else "corrected"] = {
+        "heads DCM selects": len(selected), "of candidates": len(readers),
+        "DCM test accuracy": run["test_accuracy"],
+        "patching check accuracy": checked["accuracy"].mean()}
 
-
-w3 = pd.DataFrame({"corrected": dcm_d(False), "authors (B1 + W3)": dcm_d(True)})
-if not circuit.groups["structure_reader"]:
-    print(f"{widgets.variant_label(model)}'s circuit has no structure readers, so W3 has nothing to move here: "
-          "both columns are the unpatched model.")
-w3.round(3)
+# %% tags=["hide-input"]
+lowest = min((layer for layer, _ in circuit.groups["position_detector"]), default=None)
+why = ("its position detectors all sit in the first layer, so no head lies below them"
+       if lowest == 0 else "path patching's step 4 found no head that moves the answer")
+display(pd.DataFrame(w3).round(3) if w3 else Markdown(
+    f"{variants.label(base)}'s circuit has no structure readers ({why}), so W3 has nothing to move "
+    "here and is left out of the summary below."))
 
 # %% [markdown]
-# **At 7B.** The authors' structure readers sit at the B1 floor (13–14 %) in every model, so the W3
-# slips cannot be separated from B1 there; the paper's reading (no clear variable in group D) stands
-# or falls with a corrected rerun.
+# **At 7B.** The authors' structure readers sit at the B1 floor (13–14 %) in every model, so the
+# W3 slips cannot be separated from B1 there; the paper's reading (no clear variable in group D)
+# stands or falls with a corrected rerun.
 #
 # ## W4: Goat's LoRA update of `o_proj` dropped in every hooked run
 #
 # **What.** The authors loaded Goat as an *un-merged* PEFT model and, in every hook, rebuilt each
 # layer's attention output by hand as `z @ W_O` with the *base* weight read from the state dict. The
 # adapter's update of `o_proj` was therefore missing from every patched or ablated forward pass, in
-# all 32 layers, while the unhooked Goat (the 0.82 of Table 1) kept it.
+# all layers. Their *plain* forward passes kept it: the clean runs of path patching (whose answer
+# probability is every score's denominator) and the full-model accuracy of Table 1.
 #
-# **How it was found.** Goat's path-patching step-1 map is negative everywhere (mean −0.088; LLaMA's
-# and FLoat's are centred on 0): every "patched" run is compared with a clean run of a different
-# model. Reading the hook code explained why.
+# **How it was found.** Goat's path-patching step-1 map is negative everywhere: every "patched" run
+# is compared with a clean run of a slightly different model. Reading the hook code explained why.
 #
-# **Measured.** Here the adapter is merged (so a hook that edits `z` leaves `o_proj` whole);
-# `load_model(..., authors_compat=True)` zeroes the `o_proj` update before merging, which is the
-# model every authors' hooked run computed. Accuracy, and the base circuit's faithfulness inside each:
+# **Three ways to run it.** Here the adapter is merged, so a hook that edits `z` leaves `o_proj`
+# whole (*corrected*). `authors_compat=True` zeroes the `o_proj` update before merging: every run,
+# clean ones included, then uses the de-fine-tuned Goat (*our compatibility mode*); that is what
+# every hooked run of the authors computed, but not their clean runs, so on its own it shows neither
+# the shift nor the authors' faithfulness. *The authors' split* takes each number from the run that
+# the authors used: patched and ablated runs without the update, clean probabilities and the
+# full-model accuracy with it. (One second-order difference remains: in their patched and ablated
+# runs the frozen head outputs and the ablation means came from runs *with* the update; in the
+# split they come from the compatibility model's own runs.)
+#
+# **Measured: path patching's step 1.** Every head as a lone sender at the last token, on chapter
+# 3's prompts, kept per prompt for the merged and for the compatibility model
+# (`errata_views.stored_step1_probs`), then scored the three ways:
 
 # %%
-widgets.release_model()
-eval_config = E.EvalConfig(n_boxes=n_boxes, dataset_seed=dataset_seed)
+step1 = {"merged": errata.stored_step1_probs(finetuned, config=pp_config)}
+variants.release()
+step1["compat"] = errata.stored_step1_probs(finetuned, authors_compat=True, config=pp_config)
+maps = errata.step1_score_maps(step1["merged"], step1["compat"])
 
+# %% tags=["hide-input"]
+paper_step1 = {m: ref.path_patching_score_maps(m)["value_fetcher"] for m in ("llama-7b", "goat-7b")}
+shift = errata.step1_summary(maps)
+shift.columns = ["corrected", "our compat mode", "the authors' split"]
+shift["paper, Goat-7B"] = errata.step1_summary({"goat": paper_step1["goat-7b"]})["goat"]
+shift.loc[["mean score over heads", "most negative", "largest", "top head"]].map(
+    lambda v: f"{v:+.3f}" if isinstance(v, float) else v)
 
-def w4_row(authors: bool) -> dict:
-    goat = models.load_model(lora_model, authors_compat=authors)
-    setup = E.ablation_setup(goat, eval_config)
-    result = E.cached_faithfulness(setup, circuit)
-    return {"accuracy": result["full_model"], "base circuit inside it": result["circuit"],
-            "faithfulness": result["faithfulness"]}
+# %% tags=["hide-input"]
+means = dict(zip(["corrected", "compat", "split"], shift.loc["mean score over heads"]))
+moved = maps["authors"] - maps["corrected"]
+clean_change = errata.clean_probability_change(step1["merged"], step1["compat"])
+direction = "raises" if clean_change > 0 else "lowers"
+display(Markdown(
+    f"The authors' split moves every head's score, relative to the corrected map, by between "
+    f"{float(moved.min()):+.3f} and {float(moved.max()):+.3f}: about the relative change of the "
+    f"clean answer probability when the update is dropped ({clean_change:+.3f} on average; here "
+    f"dropping it {direction} the probability). Its mean score is {means['split']:+.3f}, against "
+    f"{means['corrected']:+.3f} corrected and {means['compat']:+.3f} in our compatibility mode, "
+    "which compares each patched run with a clean run of the same de-fine-tuned model and so "
+    f"cannot show the shift. The paper's Goat map has mean "
+    f"{float(paper_step1['goat-7b'].mean()):+.3f} and no positive head (largest "
+    f"{float(paper_step1['goat-7b'].max()):+.3f}); LLaMA-7B's, from the same code without an "
+    f"adapter, has mean {float(paper_step1['llama-7b'].mean()):+.3f}. Goat-7B's update raised the "
+    "answer's probability, so dropping it lowered every score; the organism's adapter need not "
+    "act the same way, so its shift need not match Goat-7B's size or sign."))
 
+# %% [markdown]
+# **Measured: Table 1's faithfulness.** The base model's circuit inside the fine-tune (Table 1's
+# row): accuracy of the fine-tune alone, of the circuit with every other head mean-ablated, of
+# random circuits of its shape, and faithfulness = circuit / full model. Stored results of
+# `circuit_eval.stored_faithfulness`, for the merged model and for the compatibility model:
 
-w4 = pd.DataFrame({"corrected (merged)": w4_row(False), "authors (o_proj update dropped)": w4_row(True)})
+# %%
+eval_config = E.EvalConfig(task=task)
+merged = E.stored_faithfulness(finetuned, circuit, eval_config)
+goat_without_update = variants.load(finetuned, authors_compat=True)   # o_proj update dropped
+compat_run = E.stored_faithfulness(goat_without_update, circuit, eval_config)
+del goat_without_update                                  # only the resident copy stays
+split = errata.authors_split_faithfulness(merged, compat_run)
+
+# %% tags=["hide-input"]
+rows = ["full_model", "circuit", "random_circuit", "faithfulness"]
+paper_goat = ref.table1().set_index("model").loc[ref.paper_model_of(finetuned) or "goat-7b"]
+w4 = pd.DataFrame({"corrected": [merged[k] for k in rows],
+                   "our compat mode": [compat_run[k] for k in rows],
+                   "authors' split": [split[k] for k in rows],
+                   "paper (the authors' split)": [paper_goat[k] for k in (
+                       "full_model", "llama_circuit", "random_circuit", "faithfulness")]},
+                  index=["fine-tune alone (full model)", "base circuit inside it",
+                         "random circuits (mean)", "faithfulness (circuit / full model)"])
 w4.round(3)
 
+# %% tags=["hide-input"]
+own = ref.own_circuit_faithfulness().set_index(["circuit", "model"])
+goat_own = own.loc[("goat-7b", "goat-7b")]
+display(Markdown(
+    f"Our compatibility mode divides by the de-fine-tuned model's own accuracy "
+    f"({compat_run['circuit']:.3f} / {compat_run['full_model']:.3f}); the authors divided the same "
+    f"hooked circuit accuracy by the plain model's ({split['circuit']:.3f} / "
+    f"{split['full_model']:.3f}), "
+    f"so their faithfulness is {split['faithfulness']:.3f} where the compatibility mode gives "
+    f"{compat_run['faithfulness']:.3f} and the corrected run {merged['faithfulness']:.3f}.\n\n"
+    f"**At 7B.** Table 1's Goat row, faithfulness {paper_goat['faithfulness']:.2f}, is the LLaMA "
+    f"circuit inside Goat, computed the authors' split way. Goat's *own* circuit inside Goat "
+    "scores "
+    f"{goat_own['circuit_accuracy']:.2f}, faithfulness {goat_own['faithfulness']:.2f}. Both, and "
+    "Goat's circuit, completeness, DCM masks and activation-patching numbers, were computed on a "
+    "partly de-fine-tuned Goat. Goat's LoRA is rank 64 on all four attention projections, so the "
+    "`o_proj` part is a quarter of the adapter; how much of the Goat numbers is this artefact is "
+    "open until a merged rerun. FLoat and Vicuna are full fine-tunes and unaffected."))
+
 # %% [markdown]
-# **At 7B.** Goat's circuit, its faithfulness (0.89) and completeness, its DCM masks and its
-# activation-patching numbers were all computed on a partly de-fine-tuned Goat. Goat's LoRA is rank 64
-# on all four attention projections, so the `o_proj` part is a quarter of the adapter; how much of the
-# 0.82 → 0.73 circuit drop is this artefact is open until a merged rerun. FLoat and Vicuna are full
-# fine-tunes and unaffected.
-#
 # ## W5: the minimality code
 #
-# **What.** Three slips. (1) Pairs of heads are compared with `is not` between a layer *string* and a
-# head *int*, so two heads with the same head index in different layers are never removed together:
-# their pair entry is really a single-head ablation. (2) The paper states a 1 % threshold, but the
-# shipped Goat and FLoat circuits are exactly the heads scoring ≥ 0. (3) Random circuits decode a flat
-# index with `// n_layers` and `% n_heads`, correct only because LLaMA has 32 of each.
+# **What.** Four slips. (1) Pairs of heads are removed together only if
+# `layer_1 is not layer_2 and head_1 is not head_2`: an *identity* test, true for any two layer
+# names (strings built afresh) but false for equal head indices (small integers are one object), so
+# two heads with the same head index in different layers are never removed together and their pair
+# entry is really a single-head removal. (2) The pair table keeps only pairs whose joint removal
+# leaves an accuracy above 0, so the pair whose removal breaks the circuit completely can never be
+# the chosen set K. (3) The paper states a 1 % threshold, but the shipped Goat and FLoat circuits
+# are exactly the heads scoring ≥ 0. (4) Random circuits decode a flat index with `// n_layers`
+# and `% n_heads`, correct only because LLaMA has 32 of each.
 #
-# **How it was found.** (2) by recomputing which threshold reproduces each shipped circuit from the
-# authors' significance files; (1) and (3) by reading the code while porting it.
+# **How it was found.** (3) by recomputing which threshold reproduces each shipped circuit from the
+# authors' significance files; the others by reading the code while porting it.
 #
-# **Measured** on the organism's circuit: the share of the minimality pair table that slip (1) would
-# corrupt; the heads each threshold keeps (chapter 4's minimality run, read back from `results/`);
-# and how many flat indices slip (3) decodes to a wrong or impossible head for the organism's shape.
+# **Measured** on the organism's circuit: the pairs slip (1) would corrupt, and how many flat
+# indices slip (4) decodes wrongly for the organism's shape; (3) from chapter 3's minimality run.
 
 # %%
-lm = widgets.resident_model(model)
-pairs_total = pairs_broken = 0
-for group, heads in circuit.groups.items():
-    heads = list(dict.fromkeys(heads))
-    for i, (l1, h1) in enumerate(heads):
-        for l2, h2 in heads[i + 1:]:
-            pairs_total += 1
-            pairs_broken += (h1 == h2 and l1 != l2)
-resolved = pp_config.resolve(lm)
-candidates = type(circuit)(circuit.model, path_patching.candidates_of(circuit))
-mini = E.cached_minimality(E.ablation_setup(lm, path_patching.eval_config_for(resolved)), candidates)
-kept = {t: len(E.prune_circuit(candidates, mini, t)) for t in E.THRESHOLDS}
-n_l, n_h = lm.n_layers, lm.n_heads
-wrong = sum((i // n_l, i % n_h) != (i // n_h, i % n_h) for i in range(n_l * n_h))
-impossible = sum(i // n_l >= n_l for i in range(n_l * n_h))
-w5 = pd.DataFrame({"value": [
-    f"{pairs_broken} of {pairs_total} ({pairs_broken / max(pairs_total, 1):.0%})",
-    f"{kept[0.01]} heads", f"{kept[0.0]} heads", f"{len(candidates)} heads",
-    f"{wrong} of {n_l * n_h} wrong, {impossible} beyond the last layer ({n_l} layers x {n_h} heads)"]},
-    index=["(1) circuit pairs that `is not` would never remove together", "(2) kept at threshold 1 %",
-           "(2) kept at threshold 0", "(2) candidates", "(3) flat indices decoded wrongly"])
-w5
+broken, total = errata.is_not_pairs(circuit)
+wrong, beyond = errata.flat_index_decoding(n_layers, n_heads)
+minimality = circuit.params.get("minimality", {})
+
+# %% tags=["hide-input"]
+if minimality.get("skipped", True):
+    kept = (f"minimality was not run on this circuit: its candidates alone score "
+            f"{minimality.get('candidates_alone', 0.0):.3f} under mean ablation, below chance, so "
+            "(3) cannot be measured here")
+else:
+    candidates = type(circuit)(circuit.model, pp.candidates_of(circuit))
+    table = E.stored_minimality(base, candidates, pp.eval_config_for(pp_config))
+    sizes = {t: len(E.prune_circuit(candidates, table, t)) for t in E.THRESHOLDS}
+    kept = (f"of its {len(candidates)} candidates, threshold 1 % keeps {sizes[0.01]} heads and "
+            f"threshold 0 keeps {sizes[0.0]}")
+goat_1pct = "/".join(map(str, ref.MINIMALITY_AT_1PCT["goat-7b"]))
+goat_shipped = "/".join(map(str, ref.CIRCUIT_SIZES["goat-7b"]["sizes"]))
+display(Markdown(
+    f"* (1) {broken} of the circuit's {total} within-group pairs have equal head indices in "
+    f"different layers.\n* (3) For {variants.label(base)}, {kept}.\n"
+    f"* (4) For {n_layers} layers x {n_heads} heads, {wrong} of {n_layers * n_heads} "
+    f"flat indices decode to the wrong head and {beyond} to a layer that does not exist.\n\n"
+    "**At 7B.** Slip (1) affects the pairs with equal head index (≈1/32 of LLaMA's pairs), so it "
+    f"changes the chosen sets little; slip (3) matters: at 1 % the Goat circuit would have "
+    f"{goat_1pct} heads (A/B/C/D) instead of the shipped {goat_shipped}, and every comparison of "
+    "circuit *sizes* between LLaMA and the fine-tuned models mixes two thresholds. Slip (4) is "
+    "harmless at 32 × 32."))
 
 # %% [markdown]
-# **At 7B.** Slip (1) affects the pairs with equal head index (≈1/32 of LLaMA's pairs), so it changes
-# the chosen K sets little; slip (2) matters: at 1 % the Goat and FLoat circuits would have 35/18/23/14
-# and 37/18/23/19 heads instead of 68/28/40/39 and 68/29/40/38, and every comparison of circuit
-# *sizes* between LLaMA and the fine-tuned models mixes two thresholds. Slip (3) is harmless at 32 × 32.
-#
 # ## The CMAP head lists
 #
 # **What.** The authors' CMAP notebook builds the full circuit with
-# `pos_heads_dict[0] = goat_value_fetcher; pos_heads_dict[0] += goat_pos_transmitter`, which extends the
-# value-fetcher list *in place*. The notebook keeps only its final configuration, so if a per-group row
-# was produced by editing that cell and re-running it without reloading the lists, the "value
-# fetcher" row silently included the position transmitters.
+# `pos_heads_dict[0] = goat_value_fetcher; pos_heads_dict[0] += goat_pos_transmitter`, which extends
+# the value-fetcher list *in place*. The notebook keeps only its final configuration, so if a
+# per-group row was produced by editing that cell and re-running it without reloading the lists,
+# the "value fetcher" row silently included the position transmitters.
 #
-# **How it was found.** Reading `cmap.ipynb`; the printed numbers cannot tell the two apart.
+# **How it was found.** Reading the notebook; the printed numbers cannot tell the two apart.
 #
-# **Measured.** The "value fetcher" CMAP row from a fresh list and from the list after the in-place
-# `+=` (every circuit head of the group, `lora_model` → `model`):
+# **Measured.** The "value fetcher" CMAP row (the fine-tune's heads patched into the base model)
+# from a fresh list and from the list after the in-place `+=`:
 
 # %%
-widgets.release_model()
-goat = models.load_model(lora_model)
-goat_circuit = path_patching.load_or_discover_circuit(goat, pp_config)
-del goat
-value_fetchers = list(goat_circuit.groups["value_fetcher"])   # the authors' list
-fresh = tuple((l, h, "last") for l, h in value_fetchers)
-full = value_fetchers
-full += goat_circuit.groups["position_transmitter"]            # the in-place extension
-leaked = tuple((l, h, "last") for l, h in dict.fromkeys(value_fetchers))  # what a re-run row would patch
-rows = {"value fetcher, fresh list": fresh, "value fetcher after `+=`": leaked}
-config = cmap.CMAPConfig(n_boxes=n_boxes, dataset_seed=dataset_seed)
-params = {"source": cmap.variant_fingerprint(lora_model), "target": cmap.variant_fingerprint(model),
-          "rows": {k: [list(n) for n in v] for k, v in rows.items()}, "config": config}
-lists = cache.cached("errata_cmap_lists", params, lambda: cmap.cross_model_patching(lora_model, model, rows, config))
-lists["table"].assign(**{"base alone": lists["target_accuracy"], "fine-tuned alone": lists["source_accuracy"]}).round(3)
+ft_circuit = pp.stored_circuit(finetuned, pp_config)
+rows = errata.leaked_rows(ft_circuit.groups["value_fetcher"],
+                          ft_circuit.groups["position_transmitter"])
+lists = cmap.stored_cmap(finetuned, base, rows, cmap.CMAPConfig(task=task))
+
+# %% tags=["hide-input"]
+cmap_rows = lists["table"].set_index("row").rename(columns={"n_heads": "heads patched"})
+cmap_rows.index.name = None
+cmap_rows.assign(**{"base alone": lists["target_accuracy"],
+                    "fine-tune alone": lists["source_accuracy"]}).round(3)
 
 # %% [markdown]
 # **At 7B.** Goat's value fetchers (56 DCM heads) and position transmitters (15) overlap, and both
-# rows reach about the fine-tuned accuracy in the paper (0.82 and 0.78), so a leak would have inflated
-# the value-fetcher row by at most a few points; `cmap.cmap_head_sets` builds every row from a fresh
-# immutable list, so chapter 6 cannot have this problem.
+# rows reach about the fine-tuned accuracy in the paper (0.82 and 0.78), so a leak would have
+# inflated the value-fetcher row by at most a few points; `cmap.cmap_head_sets` builds every row
+# from a fresh immutable list, so chapter 6 cannot have this problem.
 #
 # ## Summary
+#
+# Each defect's effect on the organism, the corrected number beside the authors' way (for W4, the
+# authors' split).
 
-# %%
-summary = pd.DataFrame([
-    {"defect": "B1", "measure": "positional floor (no heads patched)", "corrected": b1.iloc[1, 0], "authors": b1.iloc[1, 1]},
-    {"defect": "B2", "measure": "box-label accuracy, B heads patched", "corrected": b2.iloc[2, 0], "authors": b2.iloc[2, 1]},
-    {"defect": "W3", "measure": "structure readers: patching check", "corrected": w3.iloc[3, 0], "authors": w3.iloc[3, 1]},
-    {"defect": "W4", "measure": f"{lora_model} accuracy", "corrected": w4.iloc[0, 0], "authors": w4.iloc[0, 1]},
-    {"defect": "W4", "measure": "base circuit faithfulness in it", "corrected": w4.iloc[2, 0], "authors": w4.iloc[2, 1]},
-    {"defect": "CMAP lists", "measure": "value-fetcher CMAP row", "corrected": lists["table"]["accuracy"].iloc[0],
-     "authors": lists["table"]["accuracy"].iloc[1]},
-])
-summary["authors - corrected"] = summary["authors"] - summary["corrected"]
-summary.round(3)
+# %% tags=["hide-input"]
+table = lists["table"]["accuracy"].tolist()
+summary = [
+    ("B1", "positional floor, nothing patched", *b1.iloc[1]),
+    ("B2", "box-label accuracy, B heads patched", *b2.iloc[2]),
+    ("segment test", "B1 sources the substring test redraws", 0.0, redrawn["share"]),
+    *([("W3", "structure readers: patching check", *pd.DataFrame(w3).iloc[3])] if w3 else []),
+    ("W4", "step-1 mean score", means["corrected"], means["split"]),
+    ("W4", "base circuit's faithfulness", merged["faithfulness"], split["faithfulness"]),
+    ("CMAP lists", "value-fetcher row", table[0], table[1]),
+]
+summary = pd.DataFrame(summary, columns=["defect", "measure", "corrected", "authors'"])
+summary["change"] = summary["authors'"] - summary["corrected"]
+summary.set_index(["defect", "measure"]).round(3)

@@ -12,6 +12,12 @@ neither npm nor internet); this extension, listed in _config.yml (sphinx: local_
   (`_locate_widget_manager_files`), and
 * puts a one-line note above every embedded widget: frozen here, live with a kernel.
 
+While the repository URL in _config.yml is still the placeholder (``https://github.com/OWNER/...``,
+`entity_tracking.colab.is_placeholder`), every "Open in Colab" and repository button would be a dead
+link: the extension then leaves out the launch and repository buttons (config-inited) and puts a
+note at the top of each page saying how to turn them on (`python scripts/set_repo_url.py URL`).
+With a real URL nothing changes.
+
 It also drops duplicate <script> entries from each page: sphinx-thebe 0.3.1 under Sphinx 7.4
 registers its inline config twice, and the second copy throws "Identifier 'THEBE_JS_URL' has
 already been declared" in every page's console.
@@ -25,10 +31,15 @@ Altair emitting a library version that is not vendored is also a warning, so a s
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # the book is built from a checkout; the package may not be installed
+    sys.path.insert(0, str(ROOT / "src"))
+
+from entity_tracking.colab import is_placeholder  # noqa: E402
 STATIC_DIR = ROOT / "book" / "_static"  # html_static_path in _config.yml
 VENDOR_SUBDIR = "vendor"
 
@@ -205,6 +216,44 @@ def _note_static_widgets(app, pagename, templatename, context, doctree) -> None:
         context["body"] = body.replace(WIDGET_VIEW, WIDGET_NOTE + WIDGET_VIEW)
 
 
+#: The book's own layout rules (in _static): long API signatures and inline code wrap on a phone.
+LAYOUT_CSS = "book-layout.css"
+
+REPO_NOTE_CLASS = "repo-url-note"
+REPO_NOTE = (
+    f'<div class="admonition note {REPO_NOTE_CLASS}"><p class="admonition-title">Colab and repository buttons '
+    'are off</p><p>This build of the book has no repository address yet, so it shows no "Open in Colab" or '
+    'repository button (they would lead nowhere). To turn them on, set the address once and rebuild: '
+    '<code class="docutils literal notranslate">python scripts/set_repo_url.py https://github.com/ORG/REPO'
+    '</code>, then <code class="docutils literal notranslate">bash scripts/build_book.sh</code>.</p></div>')
+
+
+def _without_repository_buttons(app, config) -> None:
+    """With the placeholder repository URL, no launch button, no repository button and no URL for
+    the theme to link (config-inited, before sphinx-book-theme reads them)."""
+    options = dict(config.html_theme_options)
+    url = str(options.get("repository_url") or "")
+    app._book_assets_placeholder_repository = bool(url) and is_placeholder(url)
+    if not app._book_assets_placeholder_repository:
+        return
+    options["launch_buttons"] = {}
+    for button in ("use_repository_button", "use_issues_button", "use_edit_page_button", "use_source_button"):
+        options[button] = False
+    options["repository_url"] = ""
+    config.html_theme_options = options
+    _logger().info("book_assets: repository URL %s is the placeholder; Colab and repository buttons "
+                   "left out", url)
+
+
+def _note_missing_repository(app, pagename, templatename, context, doctree) -> None:
+    """Say at the top of each page how to turn the buttons on (placeholder URL only)."""
+    body = context.get("body")
+    placeholder = getattr(app, "_book_assets_placeholder_repository", False)
+    if body is not None and placeholder and doctree is not None:
+        head, title_end, rest = body.partition("</h1>")  # below the page title, when there is one
+        context["body"] = head + title_end + REPO_NOTE + rest if title_end else REPO_NOTE + body
+
+
 def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:
     """Keep the first of identical <script> entries (same file or body, same attributes)."""
     scripts = context.get("script_files")
@@ -223,6 +272,9 @@ def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> No
 
 def setup(app):
     app.connect("config-inited", _use_local_scripts, priority=900)  # after myst-nb's own config hooks
+    app.connect("config-inited", _without_repository_buttons, priority=100)  # before the theme reads them
+    app.connect("html-page-context", _note_missing_repository)
+    app.add_css_file(LAYOUT_CSS)
     app.connect("html-page-context", _rewrite_altair_urls)
     app.connect("html-page-context", _note_static_widgets)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=900)  # after others add theirs

@@ -34,6 +34,7 @@ TIMEOUT_S = 1800  # per cell; generous for a 7B run of the heaviest cells on a G
 
 #: Which chapters' stored results a chapter reads (by file-name prefix): run after them.
 DEPENDS_ON = {
+    "01": ("07",),   # the introduction's "what reproduces here" box reads every chapter's results
     "04": ("03",),
     "05": ("04",),
     "06": ("05",),

@@ -10,3 +10,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ET_PROGRESS", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def results_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """No test writes into the book's results/: a stored result there is what a chapter shows."""
+    if "ET_RESULTS_DIR" not in os.environ:
+        monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path_factory.getbasetemp() / "results"))

@@ -112,10 +112,9 @@ def test_every_public_function_names_the_chapter_that_explains_it():
             if getattr(value, "__module__", None) != module.__name__:
                 continue
             doc = inspect.getdoc(value) or ""
-            if not re.search(r"(chapter|appendix) [0-9A]", doc, re.IGNORECASE) and not \
-                    re.search(r"(chapter|appendix) [0-9A]", inspect.getdoc(module) or "", re.IGNORECASE):
+            if not re.search(r"(chapters?|appendix) [0-9A]", doc, re.IGNORECASE):
                 missing.append(f"{name}.{attr}")
-    assert not missing, f"docstrings (or their module's) that name no chapter: {missing}"
+    assert not missing, f"public functions whose docstring names no chapter: {missing}"
 
 
 def test_papermill_puts_parameters_after_the_parameters_cell_and_leaves_no_timings(tmp_path):
@@ -139,11 +138,14 @@ def test_papermill_puts_parameters_after_the_parameters_cell_and_leaves_no_timin
 
 
 def test_chapters_wait_for_the_chapters_whose_results_they_read():
-    order = ["01_introduction", "02_entity_tracking", "03_circuit_discovery", "04_circuit_evaluation",
-             "05_functionality", "06_cmap", "07_conclusion", "A2_attention_knockout", "A3_errata"]
-    for chapter, needs in execute_notebooks.DEPENDS_ON.items():
-        assert all(order.index(next(o for o in order if o.startswith(d))) < order.index(next(
-            o for o in order if o.startswith(chapter))) for d in needs)
+    prefixes = {c.stem.split("_", 1)[0] for c in CHAPTERS}
+    assert all(d in prefixes for needs in execute_notebooks.DEPENDS_ON.values() for d in needs)
+    done, pending = set(), set(prefixes)
+    while pending:  # the dependencies can be ordered (no cycle)
+        ready = {p for p in pending if set(execute_notebooks.DEPENDS_ON.get(p, ())) <= done}
+        assert ready, f"cyclic dependencies among {sorted(pending)}"
+        done |= ready
+        pending -= ready
 
 
 # --- Colab -------------------------------------------------------------------------------------------
@@ -271,6 +273,49 @@ def test_set_repo_url_changes_the_config_and_every_chapter_cell(tmp_path):
         next(line for line in before if line.strip().startswith("url:")))], "only the url line changes"
     with pytest.raises(ValueError):
         set_repo_url.set_repo_url("https://gitlab.com/org/book", root=tmp_path)
+
+
+def test_placeholder_url_is_recognised_and_a_real_one_is_not():
+    assert colab.is_placeholder(colab.PLACEHOLDER_URL)
+    assert colab.is_placeholder("https://github.com/OWNER/another-name/")
+    assert not colab.is_placeholder("https://github.com/someone/entity-tracking-book")
+
+
+def _theme_config(url: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(html_theme_options={
+        "repository_url": url, "use_repository_button": True, "launch_buttons": {"colab_url": "https://colab"},
+        "use_issues_button": False, "use_edit_page_button": False})
+
+
+def test_build_leaves_out_the_launch_and_repository_buttons_only_while_the_url_is_the_placeholder():
+    import book_assets
+
+    app = types.SimpleNamespace()
+    config = _theme_config(colab.PLACEHOLDER_URL)
+    book_assets._without_repository_buttons(app, config)
+    options = config.html_theme_options
+    assert options["launch_buttons"] == {} and not options["use_repository_button"]
+    assert options["repository_url"] == ""  # nothing left for the theme to link
+    context = {"body": "<section><h1>Title</h1><p>text</p></section>"}
+    book_assets._note_missing_repository(app, "book/x", "page.html", context, doctree=object())
+    assert context["body"].index("</h1>") < context["body"].index(book_assets.REPO_NOTE_CLASS)
+    assert "scripts/set_repo_url.py" in context["body"]
+
+    real = types.SimpleNamespace()
+    config = _theme_config("https://github.com/someone/entity-tracking-book")
+    book_assets._without_repository_buttons(real, config)
+    assert config.html_theme_options["launch_buttons"] == {"colab_url": "https://colab"}
+    assert config.html_theme_options["use_repository_button"]
+    context = {"body": "<h1>Title</h1>"}
+    book_assets._note_missing_repository(real, "book/x", "page.html", context, doctree=object())
+    assert context["body"] == "<h1>Title</h1>"
+
+
+def test_build_does_not_turn_file_names_into_web_links():
+    """linkify's fuzzy links made "paper.md" a link to http://paper.md."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["sphinx"]["config"]["myst_linkify_fuzzy_links"] is False
+    assert "book_assets" in config["sphinx"]["local_extensions"]
 
 
 # --- nbval sanitizers ----------------------------------------------------------------------------------

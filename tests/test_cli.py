@@ -31,3 +31,32 @@ def test_bad_arguments_give_a_clear_error_and_no_traceback(tiny_dir):
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     out = run_cli("accuracy", "--model", "no-such-model")
     assert out.returncode == 2 and "organism-base" in out.stderr
+
+
+GROUPS = {"value_fetcher", "position_transmitter", "position_detector", "structure_reader"}
+
+
+def test_circuit_prints_the_groups_and_reads_them_back_the_second_time(tiny_dir):
+    args = ("circuit", "--model", str(tiny_dir), "--boxes", "3", "--samples", "12", "--seed", "1")
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert set(row["groups"]) == GROUPS
+    assert all(h.startswith("L") and "H" in h for heads in row["groups"].values() for h in heads)
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stdout == out.stdout
+
+
+def test_faithfulness_prints_the_paper_quantities(tiny_dir):
+    out = run_cli("faithfulness", "--model", str(tiny_dir), "--boxes", "3", "--samples", "12", "--seed", "1",
+                  "--random-draws", "2")
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {"full_model", "circuit", "random_circuit", "faithfulness", "random_faithfulness"} <= set(row)
+    assert all(0.0 <= row[k] <= 1.0 for k in ("full_model", "circuit", "random_circuit"))
+
+
+def test_experiment_commands_reject_bad_box_counts_clearly(tiny_dir):
+    for command in ("circuit", "faithfulness", "knockout"):
+        out = run_cli(command, "--model", str(tiny_dir), "--boxes", "50")
+        assert out.returncode == 2 and "from 1 to 26" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -182,7 +182,7 @@ def _paper_md_top_heads() -> dict[tuple[str, str], list[tuple[int, int, float]]]
 
 def test_paper_score_maps_are_32_by_32_with_the_authors_top_heads():
     scores = R.path_patching_scores()
-    assert (scores["source"] == "paper").all() and scores["provenance"].str.contains("paper.md §4.3").all()
+    assert (scores["source"] == "paper").all() and scores["provenance"].str.startswith("[repo] experiment_1/results/path_patching/").all()
     assert scores.groupby(["model", "group"]).size().to_dict() == {(m, g): 1024 for m in ("llama-7b", "goat-7b",
                                                                                         "float-7b") for g in GROUPS}
     maps = R.path_patching_score_maps("llama-7b")

@@ -266,7 +266,8 @@ def oracle_ablated_logits(raw, tokens, means, keep):
 
 @torch.no_grad()
 def test_mean_ablation_matches_raw_o_proj_hooks(lm, raw, eval_batch):
-    config = CE.EvalConfig(n_boxes=N_BOXES, n_samples=len(eval_batch), n_reference=9, batch_size=4, max_rows=10)
+    config = CE.EvalConfig(task=D.TaskConfig(n_boxes=N_BOXES, n_samples=len(eval_batch)), n_reference=9,
+                           batch_size=4, max_rows=10)
     reference = lm.tokenize(D.mean_ablation_reference(N_BOXES, 9, 0, objects=lm.objects))
     _, z_ref = record_z(raw, reference.tokens)
     means = z_ref.mean(dim=1)  # [layer, pos, head, d_head]: position-wise mean over reference prompts

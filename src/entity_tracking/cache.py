@@ -27,7 +27,7 @@ ENV_SWITCH = "ET_CACHE"  # "0": ignore stored files (recompute and overwrite)
 
 
 def results_dir() -> Path:
-    """Where result files live: $ET_RESULTS_DIR, else results/ at the repository root."""
+    """Where result files live: $ET_RESULTS_DIR, else results/ at the repository root. Explained in chapter 3."""
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
     return Path(__file__).resolve().parents[2] / "results"
@@ -48,7 +48,7 @@ def _canonical(value: Any) -> Any:
 
 
 def params_key(params: dict) -> str:
-    """A short stable hash of the parameters (order of keys does not matter)."""
+    """A short stable hash of the parameters (order of keys does not matter). Explained in chapter 3."""
     text = json.dumps(_canonical(params), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -60,7 +60,7 @@ def result_path(name: str, params: dict) -> Path:
 def model_fingerprint(lm) -> str:
     """Identifies the weights a result was computed with (`variants.fingerprint`: the manifest hash
     for an organism, the hub id otherwise; authors' hooks are part of it). Computed once per variant
-    and process, without re-reading the weight files."""
+    and process, without re-reading the weight files. Explained in chapter 3."""
     from .variants import fingerprint
 
     return fingerprint(lm)
@@ -88,7 +88,7 @@ def _decode(value: Any) -> Any:
 
 
 def save_json(path: Path, payload: Any) -> None:
-    """Write atomically: a temp file in the same directory, then rename."""
+    """Write atomically: a temp file in the same directory, then rename. Explained in chapter 3."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
@@ -99,7 +99,7 @@ def cached(name: str, params: dict, compute: Callable[[], Any]) -> Any:
     """The stored result of ``compute()`` for these parameters, computing and storing it if absent.
 
     The result may be a DataFrame, or dicts/lists of DataFrames and JSON values (tuples come back as
-    lists, floats rounded to 15 significant digits)."""
+    lists, floats rounded to 15 significant digits). Explained in chapter 3."""
     path = result_path(name, params)
     if path.is_file() and os.environ.get(ENV_SWITCH, "1") != "0":
         stored = json.loads(path.read_text())

@@ -33,7 +33,8 @@ Head = tuple[int, int]
 
 @dataclass
 class Circuit:
-    """Heads per group plus how they were found (model, parameters, scores), for saving and reuse."""
+    """Heads per group plus how they were found (model, parameters, scores), for saving and reuse.
+    Explained in chapter 3."""
 
     model: str
     groups: dict[str, list[Head]]
@@ -82,7 +83,8 @@ class Circuit:
 
 
 def overlap(a: Circuit, b: Circuit) -> dict[str, dict[str, float]]:
-    """Per group: sizes, shared heads, and the fraction of each circuit's heads found in the other."""
+    """Per group: sizes, shared heads, and the fraction of each circuit's heads found in the other.
+    Explained in chapter 3."""
     out = {}
     for g in [*GROUPS, "all"]:
         ha = set(a.nodes()) if g == "all" else set(a.nodes([g]))

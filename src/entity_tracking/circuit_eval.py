@@ -1,4 +1,4 @@
-"""Is the circuit the mechanism? Faithfulness, completeness and minimality (paper.md §4.4–4.7).
+"""Is the circuit the mechanism? Faithfulness, completeness and minimality.
 
 Every measurement here is the accuracy of a *mean-ablated* model: each head output ``z`` is replaced
 by its position-wise mean over the reference prompts (`data.mean_ablation_reference`, whose query
@@ -13,7 +13,7 @@ opposite: the whole model with only a set K ablated (the authors' ``ablate_non_v
   lies on y = x);
 * **minimality**: how much performance falls when one head is removed on top of the set K that
   makes it matter most; the head stays if the relative drop reaches a threshold (1 % in the paper;
-  the authors' Goat and FLoat circuits used 0, paper.md §4.4).
+  the authors' Goat and FLoat circuits used 0).
 
 Many ablations are evaluated in one forward pass: the prompts are repeated once per ablation and
 the keep-masks stacked along the batch (`max_rows` bounds the rows per pass), so the cost is a few
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import InitVar, asdict, dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -59,23 +59,12 @@ class EvalConfig:
     completeness_seed: int = 5       #                                                    (paper: 5)
     minimality_samples: int = 100    # the first prompts, used for minimality             (paper: 100)
     minimality_fraction: float = 0.3  # |K| <= ceil(fraction * group size)                (paper: 0.3)
-    # transitional spellings of the task's fields (EvalConfig(n_boxes=3) == EvalConfig(task=TaskConfig(n_boxes=3)))
-    n_boxes: InitVar[int | None] = None
-    n_samples: InitVar[int | None] = None
-    dataset_seed: InitVar[int | None] = None
-    authors_compat: InitVar[bool | None] = None
-
-    def __post_init__(self, n_boxes, n_samples, dataset_seed, authors_compat):
-        changes = {k: v for k, v in dict(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed,
-                                         authors_compat=authors_compat).items() if v is not None}
-        if changes:
-            object.__setattr__(self, "task", replace(self.task, **changes))
 
 
 DEFAULT_EVAL = EvalConfig()
 
 #: The minimality thresholds the book shows: the paper's 1 %, and the 0 that reproduces the
-#: authors' shipped Goat and FLoat circuits (paper.md §4.4).
+#: authors' shipped Goat and FLoat circuits.
 THRESHOLDS = (0.01, 0.0)
 
 
@@ -94,7 +83,7 @@ class Ablation:
     ``nodes`` (layer, head, named position) keep their value. At the other positions (not ``last``,
     ``query_label`` or ``prev_query_label``) every head is ablated when ``ablate_other_positions``
     (the paper's circuit evaluation), and left alone otherwise (the authors'
-    ``ablate_non_vital_pos=False``, used for the model without K in completeness)."""
+    ``ablate_non_vital_pos=False``, used for the model without K in completeness). Explained in chapter 4."""
 
     nodes: frozenset
     ablate_other_positions: bool = True
@@ -104,23 +93,23 @@ class Ablation:
 
 
 def every_node(model) -> frozenset:
-    """Every head at every position where circuit nodes live."""
+    """Every head at every position where circuit nodes live. Explained in chapter 4."""
     n_layers, n_heads = P.n_layers_heads(model)
     return frozenset((l, h, p) for l in range(n_layers) for h in range(n_heads) for p in VITAL_POSITIONS)
 
 
 def circuit_only(nodes: Iterable[Node], ablate_other_positions: bool = True) -> Ablation:
-    """The paper's circuit evaluation: only ``nodes`` survive."""
+    """The paper's circuit evaluation: only ``nodes`` survive. Explained in chapter 4."""
     return Ablation(frozenset(nodes), ablate_other_positions)
 
 
 def model_without(model, nodes: Iterable[Node] = ()) -> Ablation:
-    """The whole model with only ``nodes`` ablated (M \\ K); no nodes: the model itself."""
+    """The whole model with only ``nodes`` ablated (M \\ K); no nodes: the model itself. Explained in chapter 4."""
     return Ablation(every_node(model) - frozenset(nodes), ablate_other_positions=False)
 
 
 def keep_mask(model, batch: D.TaskBatch, ablation: Ablation) -> torch.Tensor:
-    """``[layer, prompt, position, head]``: True where the head output keeps its own value."""
+    """``[layer, prompt, position, head]``: True where the head output keeps its own value. Explained in chapter 4."""
     mask = P.nodes_mask(model, batch, ablation.nodes)
     if not ablation.ablate_other_positions:
         other = torch.ones(len(batch), batch.seq_len, dtype=torch.bool, device=mask.device)
@@ -137,7 +126,7 @@ class AblationSetup:
     """One model with its evaluation prompts and the mean head outputs ablated heads are set to.
 
     The means are computed on first use, so a chapter that only rereads cached results never runs
-    the model."""
+    the model. Explained in chapter 4."""
 
     def __init__(self, lm, batch: D.TaskBatch, config: EvalConfig = DEFAULT_EVAL, means: torch.Tensor | None = None):
         self.lm, self.batch, self.config, self._means = lm, batch, config, means
@@ -167,7 +156,8 @@ class AblationSetup:
 
 
 def reference_batch(lm, config: EvalConfig = DEFAULT_EVAL) -> D.TaskBatch:
-    """The mean-ablation reference prompts in this model's vocabulary (paper.md §2.4b)."""
+    """The mean-ablation reference prompts in this model's vocabulary (the authors' recipe: the first line of
+    each context with a query letter that names no box). Explained in chapter 4."""
     task = config.task
     examples = D.mean_ablation_reference(task.n_boxes, config.n_reference, task.dataset_seed,
                                          objects=lm.objects, authors_compat=task.authors_compat)
@@ -200,7 +190,7 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
     """Accuracy of the model under each ablation, on the first ``n_prompts`` evaluation prompts.
 
     Prompts are cut in chunks of ``batch_size``; each chunk is repeated for as many ablations as fit
-    in ``max_rows`` and run once with the stacked keep-masks."""
+    in ``max_rows`` and run once with the stacked keep-masks. Explained in chapter 4."""
     batch = setup.batch if n_prompts is None else setup.batch[:n_prompts]
     cfg = setup.config
     if not ablations:
@@ -226,7 +216,8 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
 
 def forward_passes(setup: AblationSetup, n_ablations: int, n_prompts: int | None = None) -> int:
     """How many forward passes `ablation_accuracies` runs for ``n_ablations`` (prompts are cut in
-    chunks of ``batch_size``; each pass holds a chunk once per ablation, up to ``max_rows`` rows)."""
+    chunks of ``batch_size``; each pass holds a chunk once per ablation, up to ``max_rows`` rows).
+    Explained in chapter 4."""
     n = len(setup.batch) if n_prompts is None else min(n_prompts, len(setup.batch))
     chunk = min(setup.config.batch_size, n)
     per_pass = max(1, setup.config.max_rows // chunk)
@@ -234,6 +225,7 @@ def forward_passes(setup: AblationSetup, n_ablations: int, n_prompts: int | None
 
 
 def ablation_accuracy(setup: AblationSetup, ablation: Ablation, n_prompts: int | None = None) -> float:
+    """`ablation_accuracies` for one ablation. Explained in chapter 4."""
     return ablation_accuracies(setup, [ablation], n_prompts)[0]
 
 
@@ -247,7 +239,7 @@ def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, seed: int = 0)
 
     Groups that share a position (A and B at ``last``) take their heads from one draw of as many
     distinct heads as the circuit has there, overlapping by as many as the circuit's groups do. The
-    authors drew per-position counts with replacement (W5), which can repeat a head."""
+    authors drew per-position counts with replacement (W5), which can repeat a head. Explained in chapter 4."""
     rng = random.Random(seed)
     all_heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     groups: dict[str, list[Head]] = {}
@@ -280,7 +272,8 @@ def faithfulness(setup: AblationSetup, circuit: Circuit, draws: int | None = Non
                  ablate_other_positions: bool = True) -> dict:
     """Accuracy of the full model, of the circuit alone, and of random circuits of its shape, with
     faithfulness = circuit / full model (the paper's Table 1 row for one model and one circuit).
-    ``ablate_other_positions=False`` ablates only the heads outside the circuit at its positions."""
+    ``ablate_other_positions=False`` ablates only the heads outside the circuit at its positions.
+    Explained in chapter 4."""
     cfg = setup.config
     draws = cfg.random_draws if draws is None else draws
     seed = cfg.random_seed if seed is None else seed
@@ -306,7 +299,8 @@ def faithfulness(setup: AblationSetup, circuit: Circuit, draws: int | None = Non
 # --------------------------------------------------------------------------------------------------
 
 def random_subsets(nodes: Iterable[Node], draws: int, seed: int) -> list[frozenset]:
-    """Each node kept in K with probability 1/2, independently (the authors' `np.random.randint(2)`)."""
+    """Each node kept in K with probability 1/2, independently (the authors' `np.random.randint(2)`).
+    Explained in chapter 4."""
     nodes = sorted(set(nodes))
     rng = random.Random(seed)
     return [frozenset(n for n in nodes if rng.random() < 0.5) for _ in range(draws)]
@@ -314,10 +308,10 @@ def random_subsets(nodes: Iterable[Node], draws: int, seed: int) -> list[frozens
 
 def completeness(setup: AblationSetup, circuit: Circuit, draws: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """F(C \\ K) (the circuit without K, everything else ablated) and F(M \\ K) (the whole model with
-    only K ablated) for random subsets K and for each whole group; incompleteness = |difference|.
+    only K ablated) for random subsets K and for each whole group; incompleteness = the absolute difference.
 
     One row per K: ``K`` ("random" or a group), ``draw``, ``size``, ``circuit_without_K``,
-    ``model_without_K``, ``incompleteness`` (the layout of `plots.completeness_scatter`)."""
+    ``model_without_K``, ``incompleteness`` (the layout of `plots.completeness_scatter`). Explained in chapter 4."""
     cfg = setup.config
     draws = cfg.completeness_draws if draws is None else draws
     seed = cfg.completeness_seed if seed is None else seed
@@ -337,7 +331,8 @@ def completeness(setup: AblationSetup, circuit: Circuit, draws: int | None = Non
 
 
 def completeness_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd over the random K (the paper's "0.10 ± 0.06" line), in `paper_reference.completeness_random`'s layout."""
+    """Mean and sd over the random K (the paper's "0.10 ± 0.06" line), in
+    `paper_reference.completeness_random`'s layout. Explained in chapter 4."""
     rand = frame[frame["K"] == "random"]
     out = {"draws": len(rand)}
     for col in ("model_without_K", "circuit_without_K", "incompleteness"):
@@ -352,7 +347,7 @@ def completeness_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def without_heads(circuit: Circuit, group: str, heads: Iterable[Head]) -> Circuit:
     """The circuit with ``heads`` removed from one group (a head also in another group at the same
-    position stays in the circuit through that group)."""
+    position stays in the circuit through that group). Explained in chapter 4."""
     drop = set(heads)
     groups = {g: [h for h in hs if not (g == group and h in drop)] for g, hs in circuit.groups.items()}
     return replace(circuit, groups=groups)
@@ -373,7 +368,8 @@ def minimality_group(setup: AblationSetup, circuit: Circuit, group: str, n_promp
 
     The other groups stay in the circuit throughout; ``ablate_other_positions`` as in `Ablation`.
     Returns one row per head with ``K`` (as
-    "L.H" strings), ``before``, ``after``, ``drop`` = before − after and ``score`` (`minimality_score`)."""
+    "L.H" strings), ``before``, ``after``, ``drop`` = before − after and ``score`` (`minimality_score`).
+    Explained in chapter 4."""
     cfg = setup.config
     n_prompts = cfg.minimality_samples if n_prompts is None else n_prompts
     fraction = cfg.minimality_fraction if fraction is None else fraction
@@ -413,7 +409,7 @@ def minimality_group(setup: AblationSetup, circuit: Circuit, group: str, n_promp
 
 def minimality_score(before: float, after: float) -> float:
     """Relative drop before/after − 1 (the paper's (F(C\\K) − F(C\\(K∪{v}))) / F(C\\(K∪{v})));
-    infinite when removing v takes accuracy from above 0 to 0, and 0 when both are 0."""
+    infinite when removing v takes accuracy from above 0 to 0, and 0 when both are 0. Explained in chapter 4."""
     if after == 0:
         return math.inf if before > 0 else 0.0
     return before / after - 1
@@ -421,7 +417,7 @@ def minimality_score(before: float, after: float) -> float:
 
 def minimality(setup: AblationSetup, circuit: Circuit, groups: Sequence[str] | None = None,
                n_prompts: int | None = None, ablate_other_positions: bool = True) -> pd.DataFrame:
-    """`minimality_group` for each group (the paper runs them one at a time, the rest kept)."""
+    """`minimality_group` for each group (the paper runs them one at a time, the rest kept). Explained in chapter 4."""
     groups = list(GROUPS) if groups is None else list(groups)
     frames = [minimality_group(setup, circuit, g, n_prompts, ablate_other_positions=ablate_other_positions)
               for g in groups]
@@ -430,12 +426,13 @@ def minimality(setup: AblationSetup, circuit: Circuit, groups: Sequence[str] | N
 
 
 def empty_minimality_table() -> pd.DataFrame:
+    """The minimality table of a circuit group with no heads. Explained in chapter 4."""
     return pd.DataFrame(columns=["group", "layer", "head", "K", "before", "after", "drop", "score"])
 
 
 def with_threshold(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """The minimality table with ``kept`` = score ≥ threshold (scores recomputed from before/after,
-    so a table read back from JSON, where infinity does not survive, gives the same answer)."""
+    so a table read back from JSON, where infinity does not survive, gives the same answer). Explained in chapter 4."""
     out = table.copy()
     out["score"] = [minimality_score(b, a) for b, a in zip(out["before"], out["after"])]
     out["threshold"] = threshold
@@ -445,7 +442,7 @@ def with_threshold(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 def prune_circuit(circuit: Circuit, table: pd.DataFrame, threshold: float) -> Circuit:
     """The circuit with only the heads whose minimality score reaches ``threshold`` (heads absent
-    from the table are kept: they were not tested)."""
+    from the table are kept: they were not tested). Explained in chapter 4."""
     judged = with_threshold(table, threshold)
     dropped = {(g, int(l), int(h)) for g, l, h, k in judged[["group", "layer", "head", "kept"]].itertuples(index=False)
                if not k}
@@ -459,7 +456,7 @@ def prune_circuit(circuit: Circuit, table: pd.DataFrame, threshold: float) -> Ci
 # --------------------------------------------------------------------------------------------------
 
 def circuit_key(circuit: Circuit) -> dict:
-    """What identifies a circuit for caching: its heads per group (not its scores or notes)."""
+    """What identifies a circuit for caching: its heads per group (not its scores or notes). Explained in chapter 4."""
     return {"model": circuit.model, "groups": {g: sorted(map(list, hs)) for g, hs in circuit.groups.items()}}
 
 
@@ -500,7 +497,8 @@ def stored_minimality(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL
 
 def faithfulness_row(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
                      ablate_other_positions: bool = True) -> dict:
-    """One row of the paper's Table 1 layout: model, circuit, full model, circuit, random, faithfulness."""
+    """One row of the paper's Table 1 layout: model, circuit, full model, circuit, random, faithfulness.
+    Explained in chapter 4."""
     from .variants import label
 
     result = stored_faithfulness(model, circuit, config, ablate_other_positions)
@@ -510,7 +508,8 @@ def faithfulness_row(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
 
 def overlap_table(reference: Circuit, others: Mapping[str, Circuit]) -> pd.DataFrame:
     """Per group and fine-tuned circuit: sizes, shared (head, group) nodes and the two fractions, in
-    the layout of `paper_reference.overlap` (``llama_heads`` = the reference circuit's heads)."""
+    the layout of `paper_reference.overlap` (``llama_heads`` = the reference circuit's heads).
+    Explained in chapter 4."""
     from .circuit import overlap
 
     rows = []
@@ -545,7 +544,7 @@ def faithfulness_table(models: Sequence, circuits: Sequence[Circuit], config: Ev
 
 def table1_beside_paper(ours: pd.DataFrame, circuit: str) -> pd.DataFrame:
     """Our rows for one circuit (under the paper's ablation) in the paper's Table 1 columns, next to
-    the row of the 7B model each variant stands for (`paper_reference.paper_model_of`)."""
+    the row of the 7B model each variant stands for (`paper_reference.paper_model_of`). Explained in chapter 4."""
     if "ablate_other_positions" in ours.columns:
         ours = ours[ours["ablate_other_positions"]]
     from . import paper_reference as ref

@@ -24,7 +24,7 @@ CLAIM_CHAPTERS = {"accuracy": 2, "faithful": 4, "beats_base": 4, "functionality"
 
 @dataclass(frozen=True)
 class ClaimsSetup:
-    """The variants and the settings every chapter uses (their defaults are the chapters')."""
+    """The variants and the settings every chapter uses (their defaults are the chapters'). Explained in chapter 7."""
 
     base: str = "organism-base"
     finetuned: tuple[str, ...] = ("organism-vicuna", "organism-goat", "organism-float")
@@ -45,7 +45,8 @@ def _configs(setup: ClaimsSetup):
 
 def cmap_shares(table: pd.DataFrame, target: float, source: float, noise: float) -> dict[str, float] | None:
     """Each row's share of the accuracy gap recovered, (row − target) / (source − target); None when
-    the source is not better than the target by more than the noise (there is no gain to locate)."""
+    the source is not better than the target by more than the noise (there is no gain to locate).
+    Explained in chapter 7."""
     if source - target <= noise:
         return None
     return {r: (a - target) / (source - target) for r, a in table.set_index("row")["accuracy"].items()}
@@ -155,7 +156,7 @@ def _yes(ok: bool) -> str:
 
 def reproduction_box(checks: pd.DataFrame, keys: Sequence[str] | None = None, title: str = "What reproduces here") -> "HTMLBox":
     """The box at the top of a chapter: each claim (or only ``keys``) with ✓ or ✗ for the organism,
-    its numbers and the paper's, computed from `reproduction_checks`."""
+    its numbers and the paper's, computed from `reproduction_checks`. Explained in chapter 7."""
     rows = checks if keys is None else checks[checks["key"].isin(keys)]
     items = []
     for r in rows.itertuples():
@@ -166,14 +167,14 @@ def reproduction_box(checks: pd.DataFrame, keys: Sequence[str] | None = None, ti
                      f"Paper: {html.escape(r.paper)}.</small></li>")
     held = int((rows["organism"] == "yes").sum())
     body = (f'<div class="admonition note reproduces-box" id="what-reproduces"><p class="admonition-title">{html.escape(title)}'
-            f": {held} of {len(rows)} claim{'s' if len(rows) != 1 else ''} hold on the organism</p>"
+            f": {held} of {len(rows)} claim{'s hold' if len(rows) != 1 else ' holds'} on the organism</p>"
             f"<ul>{''.join(items)}</ul><p><small>Organism numbers are measured here on the tiny CPU models "
             "(appendix A1); paper numbers are the authors' 7B results.</small></p></div>")
     return HTMLBox(body)
 
 
 class HTMLBox:
-    """HTML for a notebook cell's output (rich display) with a plain-text fallback."""
+    """HTML for a notebook cell's output (rich display) with a plain-text fallback. Explained in chapter 7."""
 
     def __init__(self, body: str):
         self.body = body
@@ -189,7 +190,7 @@ class HTMLBox:
 
 def setup_for(names: Sequence[str]) -> ClaimsSetup:
     """The claims' variants from a chapter's list: the one standing for LLaMA-7B is the base, the
-    others its fine-tunes, those standing for Goat-7B and FLoat-7B the arithmetic ones."""
+    others its fine-tunes, those standing for Goat-7B and FLoat-7B the arithmetic ones. Explained in chapter 7."""
     from . import paper_reference as ref
     from .variants import label
 

@@ -1,5 +1,5 @@
 """Cross-Model Activation Patching (CMAP): which part of the fine-tuned model's circuit explains its gain
-(paper.md §4.11).
+(.11).
 
 Both models read the *same* prompt. The outputs ``z`` of a set of circuit heads, each at its group's
 named position, are taken from the fine-tuned model's run (the *source*) and written into the base
@@ -16,7 +16,7 @@ the arithmetic for both ways and `measured_peak_rss` measures them for the organ
 
 Every row of the result is computed from a fresh, immutable node list (`cmap_head_sets`): the
 authors' notebook extended its value-fetcher list *in place* to build the full circuit, so a row
-re-run after that cell could silently include the position transmitters (paper.md §4.11).
+re-run after that cell could silently include the position transmitters.
 
 The input variant (`input_cmap_logits`, the appendix's ``cmap_in``) patches the chosen heads' query
 at the last token and/or their keys and values at every position up to it, then resets every head's
@@ -78,7 +78,7 @@ def cmap_head_sets(circuit: Circuit, dcm_heads: Mapping[tuple[str, str], Sequenc
 
     With ``dcm_heads`` ((group, desideratum) -> heads, `dcm.dcm_heads`) the groups are filtered as in
     the paper (`DCM_SELECTION`); without it every circuit head of the group is patched. The full
-    circuit is the union of the four rows."""
+    circuit is the union of the four rows. Explained in chapter 6."""
     rows: dict[str, tuple[P.Node, ...]] = {}
     for group, position in GROUPS.items():
         desideratum = DCM_SELECTION[group]
@@ -92,7 +92,7 @@ def cmap_head_sets(circuit: Circuit, dcm_heads: Mapping[tuple[str, str], Sequenc
 
 
 def all_nodes(n_layers: int, n_heads: int, position: str = ALL_POSITIONS) -> tuple[P.Node, ...]:
-    """Every head of every layer at one position (``"all"``: every token)."""
+    """Every head of every layer at one position (``"all"``: every token). Explained in chapter 6."""
     return tuple((layer, head, position) for layer in range(n_layers) for head in range(n_heads))
 
 
@@ -106,7 +106,7 @@ ALL_POSITIONS = P.ALL_POSITIONS
 def source_node_outputs(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int = 32,
                         desc: str = "caching source heads") -> P.HeadOutputs:
     """Run the source model over the prompts and keep only the chosen heads' outputs at their
-    positions, on CPU (`patching.HeadOutputs`): what makes one-model-at-a-time CMAP possible."""
+    positions, on CPU (`patching.HeadOutputs`): what makes one-model-at-a-time CMAP possible. Explained in chapter 6."""
     return P.HeadOutputs.record(lm.model, batch, nodes, batch_size, device="cpu", model_name=lm.spec.name, desc=desc)
 
 
@@ -114,7 +114,7 @@ def source_node_outputs(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_s
 def cmap_logits(lm, batch: D.TaskBatch, source: P.HeadOutputs, nodes: Sequence[P.Node],
                 batch_size: int = 32) -> torch.Tensor:
     """Last-position logits of the target model with each node's output taken from the source
-    model's run on the same prompt (all nodes at once, in one forward pass per chunk)."""
+    model's run on the same prompt (all nodes at once, in one forward pass per chunk). Explained in chapter 6."""
     outs = []
     for start in range(0, len(batch), batch_size):
         chunk = batch[start: start + batch_size]
@@ -128,7 +128,7 @@ def cmap_accuracies(lm, batch: D.TaskBatch, source: P.HeadOutputs, rows: Mapping
                     batch_size: int = 32, max_rows: int = 1024) -> tuple[dict[str, float], int]:
     """Accuracy of the target for every row of the table (each a node set patched from the source),
     the rows stacked along the batch: each pass holds a chunk of prompts once per row, as many rows
-    as ``max_rows`` allows. Returns the accuracies and the number of target passes run."""
+    as ``max_rows`` allows. Returns the accuracies and the number of target passes run. Explained in chapter 6."""
     names = list(rows)
     hits = dict.fromkeys(names, 0)
     passes = 0
@@ -151,6 +151,7 @@ def cmap_accuracies(lm, batch: D.TaskBatch, source: P.HeadOutputs, rows: Mapping
 
 def cmap_accuracy(lm, batch: D.TaskBatch, source: P.HeadOutputs, nodes: Sequence[P.Node],
                   batch_size: int = 32) -> float:
+    """Accuracy of the target with the nodes patched from the source (one row of the table). Explained in chapter 6."""
     return M.accuracy(cmap_logits(lm, batch, source, nodes, batch_size), batch.answer_ids)
 
 
@@ -159,7 +160,7 @@ def cmap_accuracy(lm, batch: D.TaskBatch, source: P.HeadOutputs, nodes: Sequence
 # --------------------------------------------------------------------------------------------------
 
 def model_bytes(lm) -> int:
-    """Bytes of a loaded model's weights (parameters and buffers)."""
+    """Bytes of a loaded model's weights (parameters and buffers). Explained in chapter 6."""
     tensors = [*lm.model.parameters(), *lm.model.buffers()]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
@@ -263,7 +264,7 @@ def memory_budget(n_params: float, bytes_per_param: int, n_nodes: int, n_prompts
 
     ``both_resident``: two models on the device plus the authors' cache of every layer's ``z`` at
     every position for all prompts. ``one_resident``: the larger single model plus only the chosen
-    heads' outputs at their positions."""
+    heads' outputs at their positions. Explained in chapter 6."""
     gb = 2**30
     weights = n_params * bytes_per_param / gb
     full_cache = n_layers * n_prompts * seq_len * d_model * cache_bytes_per_value / gb
@@ -301,7 +302,7 @@ def measured_peak_rss(source: str, target: str, head_sets: Mapping[str, Sequence
     """Peak resident memory (bytes) of a fresh Python process running `cross_model_patching`, and
     its increase over the same process once torch and the package are imported. A fresh process
     per measurement, because memory freed by one run stays with the allocator and would hide the
-    next run's peak."""
+    next run's peak. Explained in chapter 6."""
     import json
     import subprocess
     import sys
@@ -325,7 +326,7 @@ def measured_peak_rss(source: str, target: str, head_sets: Mapping[str, Sequence
 @dataclass
 class SourceQKV:
     """The source's q at the last token (``[prompt, d_head]``) and k, v at every position
-    (``[prompt, pos, d_head]``) for each (layer, head), on CPU."""
+    (``[prompt, pos, d_head]``) for each (layer, head), on CPU. Explained in chapter 6."""
 
     heads: tuple[Head, ...]
     q: dict[Head, torch.Tensor]
@@ -349,7 +350,8 @@ def _last_only(nodes: Sequence[P.Node]) -> tuple[Head, ...]:
 def source_qkv(lm, batch: D.TaskBatch, nodes: Sequence[P.Node], batch_size: int = 32,
                kv_through_last: bool = False) -> SourceQKV:
     """Cache the source's pre-rotary q, k, v (``hook_q/k/v``, the authors' q/k/v_proj outputs).
-    ``kv_through_last`` is accepted for symmetry with the patching side (every position is cached)."""
+    ``kv_through_last`` is accepted for symmetry with the patching side (every position is cached).
+    Explained in chapter 6."""
     heads = _last_only(nodes)
     layers = sorted({layer for layer, _ in heads})
     names = [name(layer) for layer in layers for name in (P.q_name, P.k_name, P.v_name)]
@@ -408,7 +410,7 @@ def input_cmap_logits(lm, batch: D.TaskBatch, source: SourceQKV, nodes: Sequence
     """Last-position logits of the target with the chosen heads' q (at the last token) and/or k, v
     (at every position before it, or up to it with ``kv_through_last``) taken from the source;
     every head's output at every position but the last is then reset to the target's own, so the
-    patch acts at the last token only."""
+    patch acts at the last token only. Explained in chapter 6."""
     if which not in INPUTS:
         raise ValueError(f"which must be one of {INPUTS}; got {which!r}")
     heads = _last_only(nodes)
@@ -451,3 +453,36 @@ def input_cross_model_patching(source, target, head_sets: Mapping[str, Sequence[
             rows.append({"source": source_name, "target": tgt.spec.name, "row": name, "patched": which.upper(),
                          "n_heads": len(row_nodes), "accuracy": M.accuracy(logits, batch.answer_ids)})
     return pd.DataFrame(rows)
+
+
+def stored_input_cmap(source, target, head_sets: Mapping[str, Sequence], config=None,
+                      kv_through_last: bool = False) -> pd.DataFrame:
+    """`cmap.input_cross_model_patching`, read from ``results/`` or computed and stored, keyed by the
+    two models' weights, the rows, the config and where keys and values are patched
+    (``kv_through_last=False``: before the last token, the authors' way). Explained in chapter 6."""
+    from .cache import cached
+    from .variants import fingerprint
+
+    config = config or DEFAULT_CMAP
+    params = {"source": fingerprint(source), "target": fingerprint(target),
+              "rows": {k: [list(n) for n in v] for k, v in head_sets.items()},
+              "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "max_rows")},
+              "kv_through_last": kv_through_last}
+    return cached("cmap_input", params, lambda: input_cross_model_patching(
+        source, target, head_sets, config=config, kv_through_last=kv_through_last))
+
+
+def stored_peak_rss(source: str, target: str, head_sets: Mapping[str, Sequence], config=None,
+                    both_resident: bool = False) -> dict:
+    """`cmap.measured_peak_rss` (a fresh process per protocol), read from ``results/`` or measured
+    and stored: peak resident memory varies from machine to machine, so a rerun reads the first
+    measurement back. Explained in chapter 6."""
+    from .cache import cached
+    from .variants import fingerprint
+
+    config = config or DEFAULT_CMAP
+    params = {"pair": [fingerprint(source), fingerprint(target)], "both": both_resident,
+              "rows": {k: [list(n) for n in v] for k, v in head_sets.items()},
+              "config": {k: v for k, v in asdict(config).items() if k not in ("batch_size", "max_rows")}}
+    return cached("cmap_peak_rss", params,
+                  lambda: measured_peak_rss(source, target, head_sets, config, both_resident))

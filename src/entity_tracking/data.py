@@ -12,7 +12,7 @@ boxes, and the appendix's rephrased prompts; nothing is a hard-coded index as in
 (their ``range(6, 49, 7)``, ``[-3]``, ``label - 4``).
 
 Two of the authors' data bugs can be switched on with ``authors_compat=True`` so the book can measure
-what each one changed (paper.md §2.5):
+what each one changed:
 
 * **B1** the base query position was read from the query sentence, so it was always 0: "source query
   position differs from the base's" only ever excluded position 0.
@@ -53,7 +53,7 @@ POSITION_NAMES = ("last", "query_label", "prev_query_label")
 
 
 def check_n_boxes(n_boxes: int, n_objects: int = len(OBJECTS), n_labels: int = len(LABELS)) -> int:
-    """Refuse a number of boxes the vocabulary cannot fill with distinct objects and labels."""
+    """Refuse a number of boxes the vocabulary cannot fill with distinct objects and labels. Explained in chapter 2."""
     upper = min(MAX_BOXES, n_objects, n_labels)
     if not isinstance(n_boxes, int) or isinstance(n_boxes, bool) or not MIN_BOXES <= n_boxes <= upper:
         raise ValueError(
@@ -70,7 +70,7 @@ def check_n_boxes(n_boxes: int, n_objects: int = len(OBJECTS), n_labels: int = l
 @dataclass(frozen=True)
 class PromptStyle:
     """How a context is written. The default is the paper's format; the other fields express the
-    appendix's "additional desiderata", each of which rewrites the source prompt in one way."""
+    appendix's "additional desiderata", each of which rewrites the source prompt in one way. Explained in chapter 2."""
 
     segment: str = "the {object} is in Box {label}"
     query_segment: str | None = None          # template for the queried segment only
@@ -89,7 +89,7 @@ PAPER_STYLE = PromptStyle()
 @dataclass(frozen=True)
 class Example:
     """One prompt of the task. ``query_label`` differs from ``labels[query_index]`` only in the
-    corrupted prompts of path patching and mean ablation, whose query letter is replaced."""
+    corrupted prompts of path patching and mean ablation, whose query letter is replaced. Explained in chapter 2."""
 
     objects: tuple[str, ...]
     labels: tuple[str, ...]
@@ -126,6 +126,7 @@ class Example:
 
 @dataclass(frozen=True)
 class RenderedPrompt:
+    """A prompt's text with the character span of every named word. Explained in chapter 2."""
     text: str
     spans: dict[str, tuple[int, int]]  # name -> character span [start, end) of a named word
 
@@ -135,7 +136,8 @@ def _capitalise_first(text: str) -> str:
 
 
 def render(example: Example) -> RenderedPrompt:
-    """Write the prompt and remember where each named word sits (objects, labels, query label)."""
+    """Write the prompt and remember where each named word sits (objects, labels, query label).
+    Explained in chapter 2."""
     style = example.style
     parts: list[str] = []
     spans: dict[str, tuple[int, int]] = {}
@@ -210,7 +212,7 @@ def render(example: Example) -> RenderedPrompt:
 class TaskConfig:
     """Which prompts an experiment runs on, in every method's configuration: ``n_samples`` lines of the
     dataset of ``n_boxes`` boxes drawn with ``dataset_seed``, and whether the authors' data bugs are
-    reproduced (``authors_compat``, B1/B2 and the letter rules, paper.md §2.5). Every other random
+    reproduced (``authors_compat``, B1/B2 and the letter rules). Every other random
     draw of a method (pairings, random circuits, DCM) has its own named seed in that method's config.
     Explained in chapter 2."""
 
@@ -238,7 +240,7 @@ def make_dataset(
 ) -> list[Example]:
     """Contexts of ``n_boxes`` distinct objects in distinct boxes, each queried at every box in
     order, as in the authors' file: line ``n*c + j`` queries segment ``j`` of context ``c``. The
-    paper's evaluation set is the first 500 lines (about 72 contexts for 7 boxes)."""
+    paper's evaluation set is the first 500 lines (about 72 contexts for 7 boxes). Explained in chapter 2."""
     check_n_boxes(n_boxes, len(objects), len(labels))
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1; got {n_samples}")
@@ -270,9 +272,9 @@ def path_patching_pairs(
     seed: int = 0,
     authors_compat: bool = False,
 ) -> tuple[list[Example], list[Example]]:
-    """Base prompts and their corrupted counterparts (paper.md §2.4a): for base line ``n*c + j`` the
+    """Base prompts and their corrupted counterparts: for base line ``n*c + j`` the
     corrupted prompt is a random line of the first ``pool`` whose query position is ``(j+1) mod n``,
-    with its query letter replaced by a random letter."""
+    with its query letter replaced by a random letter. Explained in chapter 2."""
     _check_pool(dataset, n_base, pool)
     rng = random.Random(seed)
     n = dataset[0].n_boxes
@@ -295,9 +297,9 @@ def mean_ablation_reference(
     objects: Sequence[str] = OBJECTS,
     authors_compat: bool = False,
 ) -> list[Example]:
-    """Prompts whose position-wise mean head outputs replace ablated heads (paper.md §2.4b): the
+    """Prompts whose position-wise mean head outputs replace ablated heads: the
     first line of each of ``n_prompts`` contexts with its query letter replaced by a random letter,
-    so the mean carries the task's structure but no answer."""
+    so the mean carries the task's structure but no answer. Explained in chapter 2."""
     rng = random.Random(seed + 1)
     dataset = make_dataset(n_boxes, n_prompts * n_boxes, seed, objects=objects)
     firsts = dataset[::n_boxes][:n_prompts]
@@ -305,7 +307,7 @@ def mean_ablation_reference(
 
 
 # --------------------------------------------------------------------------------------------------
-# Desiderata (DCM and activation patching, paper.md §2.4c–d)
+# Desiderata (DCM and activation patching)
 # --------------------------------------------------------------------------------------------------
 
 #: The three desiderata of the main text.
@@ -337,7 +339,7 @@ ADDITIONAL_DESIDERATA: dict[str, str] = {
 
 
 def additional_style(name: str, source: Example) -> PromptStyle:
-    """The prompt style that rewrites a source prompt for one additional desideratum."""
+    """The prompt style that rewrites a source prompt for one additional desideratum. Explained in chapter 2."""
     seg = PAPER_STYLE.segment
     if name in ("incorrect_segment",):
         return PAPER_STYLE
@@ -368,7 +370,8 @@ def additional_style(name: str, source: Example) -> PromptStyle:
 class CounterfactualPairs:
     """Base prompts, the source prompts patched into them, and the word each desideratum predicts
     the patched model will say. ``target_token_mode`` records how the target becomes a token id:
-    "word" (the model's own next-token id for " word") or "authors_b2" (the broken id of bug B2)."""
+    "word" (the model's own next-token id for " word") or "authors_b2" (the broken id of bug B2).
+    Explained in chapter 2."""
 
     desideratum: str
     base: list[Example]
@@ -400,7 +403,7 @@ def desideratum_pairs(
     base_offset: int = 0,
 ) -> CounterfactualPairs:
     """(base, source, target) triples for one desideratum: base = lines ``base_offset ..``, source =
-    a random line of the first ``pool`` lines meeting the desideratum's condition."""
+    a random line of the first ``pool`` lines meeting the desideratum's condition. Explained in chapter 2."""
     pool = len(dataset) if pool is None else pool
     _check_pool(dataset, n_pairs + base_offset, pool)
     if name not in DESIDERATA and name not in ADDITIONAL_DESIDERATA:
@@ -437,7 +440,7 @@ def desideratum_pairs(
 
 def task_words() -> list[str]:
     """Every word the task's prompts can contain (main format and the appendix's rephrasings), so
-    a word-level tokenizer can cover them all."""
+    a word-level tokenizer can cover them all. Explained in chapter 2."""
     ex = Example(OBJECTS[:2], LABELS[:2], 0)
     texts = [render(ex).text]
     for name in ADDITIONAL_DESIDERATA:
@@ -461,7 +464,7 @@ class TaskBatch:
 
     ``positions`` holds LongTensors: ``last``, ``query_label``, ``prev_query_label`` of shape [N]
     (``prev_query_label`` is -1 where the query letter names no box of the context), and ``object``
-    and ``label`` of shape [N, n_boxes]. ``answer_ids`` is -1 where a prompt has no answer."""
+    and ``label`` of shape [N, n_boxes]. ``answer_ids`` is -1 where a prompt has no answer. Explained in chapter 2."""
 
     examples: list[Example]
     tokens: torch.Tensor
@@ -510,7 +513,8 @@ def _token_of_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> 
 
 
 def single_token_words(words: Iterable[str], tokenizer) -> list[str]:
-    """The words this tokenizer writes as exactly one token after a space, as they appear in prompts."""
+    """The words this tokenizer writes as exactly one token after a space, as they appear in prompts.
+    Explained in chapter 2."""
     keep = []
     for word in words:
         ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
@@ -521,7 +525,8 @@ def single_token_words(words: Iterable[str], tokenizer) -> list[str]:
 
 
 class NotSingleTokenError(ValueError):
-    """A word of the task is more than one token for this tokenizer; positions would be wrong."""
+    """A word of the task is more than one token for this tokenizer; positions would be wrong.
+    Explained in chapter 2."""
 
 
 def _encode(tokenizer, texts: list[str]):
@@ -534,7 +539,7 @@ def answer_token_ids(tokenizer, prompts: list[str], words: list[str | None], mod
 
     "word": tokenise ``prompt + " " + word`` and take the token after the prompt's own tokens: the
     id the model really predicts. "authors_b2": ``convert_tokens_to_ids(word)`` as the authors'
-    `tokenizer.encode([word])` did with the slow LLaMA tokenizer (no word-start marker)."""
+    `tokenizer.encode([word])` did with the slow LLaMA tokenizer (no word-start marker). Explained in chapter 2."""
     out = torch.full((len(prompts),), -1, dtype=torch.long)
     todo = [i for i, w in enumerate(words) if w is not None]
     if not todo:
@@ -558,7 +563,8 @@ def answer_token_ids(tokenizer, prompts: list[str], words: list[str | None], mod
 
 def tokenize_examples(examples: Sequence[Example], tokenizer, answer_words: Sequence[str | None] | None = None,
                       answer_mode: str = "word") -> TaskBatch:
-    """Token ids, answer ids and named positions for prompts that must all have the same length."""
+    """Token ids, answer ids and named positions for prompts that must all have the same length.
+    Explained in chapter 2."""
     if not examples:
         raise ValueError("no examples to tokenise")
     rendered = [render(ex) for ex in examples]
@@ -610,7 +616,7 @@ def _raise_for_split_words(examples: Sequence[Example], tokenizer):
 
 @dataclass
 class PairBatch:
-    """A tokenised desideratum: base and source batches and the target token id of each pair."""
+    """A tokenised desideratum: base and source batches and the target token id of each pair. Explained in chapter 2."""
 
     desideratum: str
     base: TaskBatch
@@ -629,6 +635,7 @@ class PairBatch:
 
 
 def tokenize_pairs(pairs: CounterfactualPairs, tokenizer) -> PairBatch:
+    """A desideratum's base and source prompts tokenised, with each pair's target token id. Explained in chapter 5."""
     base = tokenize_examples(pairs.base, tokenizer)
     source = tokenize_examples(pairs.source, tokenizer)
     target_ids = answer_token_ids(tokenizer, [render(ex).text for ex in pairs.base], pairs.targets,

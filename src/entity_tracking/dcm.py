@@ -1,5 +1,5 @@
 """What each head group carries: Desiderata-based Component Masking and the activation-patching check
-(paper.md §4.8–4.10).
+(.8–4.10).
 
 A *desideratum* pairs a base prompt with a source prompt and names the word the model should say if
 the patched heads carry one variable (`data.desideratum_pairs`): the source's object
@@ -108,7 +108,7 @@ def patch_positions(base: D.TaskBatch, source: D.TaskBatch, group: str,
     prompt has none). Each prompt uses its *own* named position, so sources of another layout (the
     appendix's rephrasings) are read where the position really is. ``base_index_in_source`` reads
     the source at the base's index instead — the authors' W3 — which differs only for the
-    structure readers (the others' positions count from the end, as the authors' did)."""
+    structure readers (the others' positions count from the end, as the authors' did). Explained in chapter 5."""
     position = _group_position(group)
     base_index = P.position_index(base, position)
     if base_index_in_source and position == "prev_query_label":
@@ -133,7 +133,7 @@ def source_outputs(model, source: D.TaskBatch, heads: Sequence[Head], group: str
                    batch_size: int = 32) -> P.HeadOutputs:
     """The source prompts' outputs of ``heads`` (`patching.HeadOutputs`), recorded once at the
     group's position, or at every token when a run must read the source elsewhere (the authors'
-    W3 and validation bug)."""
+    W3 and validation bug). Explained in chapter 5."""
     position = P.ALL_POSITIONS if every_position else _group_position(group)
     return P.HeadOutputs.record(model, source, [(layer, head, position) for layer, head in heads], batch_size,
                                 desc="source activations")
@@ -148,7 +148,7 @@ class PatchData:
     """Everything a patched run needs, per pair: the base prompts, where to patch them, the heads'
     source outputs there (``source_z`` ``[N, head, d_head]``) and the target token. ``source`` and
     ``source_rows`` keep the recorded outputs so a run can re-read them at other positions (the
-    authors' validation bug)."""
+    authors' validation bug). Explained in chapter 5."""
 
     tokens: torch.Tensor          # base prompts [N, P]
     base_index: torch.Tensor      # [N] token index patched in the base (-1: leave alone)
@@ -179,13 +179,14 @@ class PatchData:
 
 def source_z_of(outputs: P.HeadOutputs, rows: torch.Tensor, index: torch.Tensor, device) -> torch.Tensor:
     """``[pair, head, d_head]``: each pair's recorded source outputs, at ``index`` for outputs kept at
-    every position."""
+    every position. Explained in chapter 5."""
     if not outputs.nodes:
         return torch.zeros(len(rows), 0, 0, device=device)
     return torch.stack([outputs.at(node, rows, index) for node in outputs.nodes], dim=1).to(device)
 
 
 def pairs_to(pairs: D.PairBatch, device) -> D.PairBatch:
+    """A desideratum's tokenised pairs on a device. Explained in chapter 5."""
     return D.PairBatch(pairs.desideratum, pairs.base.to(device), pairs.source.to(device),
                        pairs.target_ids.to(device))
 
@@ -193,7 +194,7 @@ def pairs_to(pairs: D.PairBatch, device) -> D.PairBatch:
 def prepare_patch_data(model, pairs: D.PairBatch, heads: Sequence[Head], group: str,
                        base_index_in_source: bool = False, batch_size: int = 32,
                        every_position: bool = False) -> PatchData:
-    """Patch positions and the (detached) source outputs of ``heads`` for every pair."""
+    """Patch positions and the (detached) source outputs of ``heads`` for every pair. Explained in chapter 5."""
     base_index, source_index = patch_positions(pairs.base, pairs.source, group, base_index_in_source)
     every_position = every_position or base_index_in_source
     outputs = source_outputs(model, pairs.source, heads, group, every_position, batch_size)
@@ -203,7 +204,7 @@ def prepare_patch_data(model, pairs: D.PairBatch, heads: Sequence[Head], group: 
 
 
 def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Logit of each pair's target at the last prompt position (prompts are unpadded)."""
+    """Logit of each pair's target at the last prompt position (prompts are unpadded). Explained in chapter 5."""
     return P.last_logits(logits).gather(-1, targets.to(logits.device)[:, None]).squeeze(-1)
 
 
@@ -214,7 +215,7 @@ def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Blend:
     """One run to blend into a shared forward pass: ``heads`` mixed by ``mask`` (a tensor, possibly a
-    view of a larger trainable one) on the pairs of ``data``."""
+    view of a larger trainable one) on the pairs of ``data``. Explained in chapter 5."""
 
     heads: Sequence[Head]
     mask: torch.Tensor
@@ -229,7 +230,7 @@ def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
     Written without in-place edits of the forward's own tensor so the gradient reaches the masks;
     ``m`` = 1 leaves the run exactly as it was, ``m`` = 0 is plain activation patching. Rows of
     different blends never interact (attention stays within a prompt), so a stacked pass gives each
-    blend what its own pass would."""
+    blend what its own pass would. Explained in chapter 5."""
     per_layer: dict[int, list[tuple]] = {}
     offset = 0
     for blend in blends:
@@ -256,7 +257,8 @@ def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
 
 
 def blended_logits(model, blends: Sequence[Blend]) -> torch.Tensor:
-    """Logits of every blend's base prompts (stacked in order), each with its heads mixed by its mask."""
+    """Logits of every blend's base prompts (stacked in order), each with its heads mixed by its mask.
+    Explained in chapter 5."""
     tokens = torch.cat([b.data.tokens for b in blends])
     hooks = blend_hooks(model, [b for b in blends if len(b.heads)])
     return P.run_with_hooks(model, tokens, hooks)
@@ -265,7 +267,8 @@ def blended_logits(model, blends: Sequence[Blend]) -> torch.Tensor:
 @torch.no_grad()
 def patched_accuracies(model, blends: Sequence[Blend], batch_size: int = 32, max_rows: int = 1024) -> list[float]:
     """Fraction of each blend's pairs whose top next token is its target. The blends' pairs are cut
-    in chunks of ``batch_size`` and as many chunks as ``max_rows`` allows share one forward pass."""
+    in chunks of ``batch_size`` and as many chunks as ``max_rows`` allows share one forward pass.
+    Explained in chapter 5."""
     if not blends:
         return []
     hits = [0] * len(blends)
@@ -288,7 +291,8 @@ def patched_accuracies(model, blends: Sequence[Blend], batch_size: int = 32, max
 
 
 def patched_accuracy(model, data: PatchData, heads: Sequence[Head], mask: torch.Tensor, batch_size: int = 32) -> float:
-    """Fraction of pairs whose top next token is the target, with the heads mixed by ``mask``."""
+    """Fraction of pairs whose top next token is the target, with the heads mixed by ``mask``.
+    Explained in chapter 5."""
     return patched_accuracies(model, [Blend(list(heads), mask, data)], batch_size)[0]
 
 
@@ -299,7 +303,7 @@ def patched_accuracy(model, data: PatchData, heads: Sequence[Head], mask: torch.
 @dataclass
 class DCMResult:
     """A trained mask and what it selects. ``heads`` = the group's heads whose rounded mask is 0
-    (patched from the source); ``history`` = one row per training step (tidy)."""
+    (patched from the source); ``history`` = one row per training step (tidy). Explained in chapter 5."""
 
     model: str
     group: str
@@ -320,14 +324,15 @@ class DCMResult:
 
 
 def selected_heads(candidates: Sequence[Head], mask: torch.Tensor) -> list[Head]:
-    """Heads whose rounded mask is 0, i.e. taken from the source: the ones that carry the variable."""
+    """Heads whose rounded mask is 0, i.e. taken from the source: the ones that carry the variable.
+    Explained in chapter 5."""
     rounded = mask.detach().clamp(0, 1).round()
     return [head for head, value in zip(candidates, rounded.tolist()) if value == 0]
 
 
 def dcm_pairs(lm, desideratum: str, config: DCMConfig = DEFAULT_DCM) -> D.PairBatch:
     """The desideratum's pairs for DCM: base and source both from the task's first ``n_samples``
-    prompts (the authors built 2,000 pairs from the first 2,000 lines)."""
+    prompts (the authors built 2,000 pairs from the first 2,000 lines). Explained in chapter 5."""
     task = config.task
     pairs = D.desideratum_pairs(desideratum, lm.examples(task), config.n_pairs, pool=config.n_pairs,
                                 seed=config.dcm_seed, authors_compat=task.authors_compat)
@@ -336,7 +341,7 @@ def dcm_pairs(lm, desideratum: str, config: DCMConfig = DEFAULT_DCM) -> D.PairBa
 
 def split_pairs(pairs: D.PairBatch,
                 config: DCMConfig = DEFAULT_DCM) -> tuple[D.PairBatch, D.PairBatch, D.PairBatch]:
-    """Train / validation / test, in order (as the authors' `create_dataloaders`)."""
+    """Train / validation / test, in order (as the authors' `create_dataloaders`). Explained in chapter 5."""
     if len(pairs) < config.n_pairs:
         raise ValueError(f"DCM needs {config.n_pairs} pairs ({config.n_train}/{config.n_val}/{config.n_test} "
                          f"train/validation/test); got {len(pairs)}")
@@ -346,7 +351,8 @@ def split_pairs(pairs: D.PairBatch,
 
 @dataclass
 class MaskJob:
-    """One DCM run's data: a group's candidate heads and the desideratum's train/validation/test pairs."""
+    """One DCM run's data: a group's candidate heads and the desideratum's train/validation/test pairs.
+    Explained in chapter 5."""
 
     group: str
     desideratum: str
@@ -359,7 +365,8 @@ class MaskJob:
 
 def mask_job(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, config: DCMConfig = DEFAULT_DCM,
              pairs: D.PairBatch | None = None) -> MaskJob:
-    """Prepare one DCM run (pairs built from the config unless given, source outputs recorded once)."""
+    """Prepare one DCM run (pairs built from the config unless given, source outputs recorded once).
+    Explained in chapter 5."""
     _group_position(group)
     candidates = _unique_heads(heads)
     pairs = dcm_pairs(lm, desideratum, config) if pairs is None else pairs
@@ -381,7 +388,7 @@ def train_masks(model, jobs: Sequence[MaskJob], config: DCMConfig = DEFAULT_DCM
     exactly its own run's, and Adam is elementwise: training them together is training each alone,
     with one forward and backward pass per step instead of one per job. A rounded mask validated
     before is not run again (its accuracy cannot have changed). Only the masks get gradients: the
-    model is frozen (`models.load_model`) and the source outputs are detached."""
+    model is frozen (`models.load_model`) and the source outputs are detached. Explained in chapter 5."""
     if not jobs:
         return []
     n_batches = {math.ceil(len(j.train) / config.batch_size) for j in jobs}
@@ -460,13 +467,15 @@ def _at_positions_of(val: PatchData, train_batch: PatchData) -> PatchData:
 
 def train_mask(model, heads: Sequence[Head], train: PatchData, val: PatchData, config: DCMConfig = DEFAULT_DCM,
                buggy_validation: bool = False) -> tuple[torch.Tensor, pd.DataFrame, float]:
-    """One mask trained on its own: the definition `train_masks` must reproduce (tests, benchmark)."""
+    """One mask trained on its own: the definition `train_masks` must reproduce (tests, benchmark).
+    Explained in chapter 5."""
     job = MaskJob("", "", list(heads), train, val, val, buggy_validation)
     return train_masks(model, [job], config)[0]
 
 
 def run_dcms(lm, jobs: Sequence[MaskJob], config: DCMConfig = DEFAULT_DCM) -> list[DCMResult]:
-    """Train every job's mask together (`train_masks`) and score each selected mask on its test pairs."""
+    """Train every job's mask together (`train_masks`) and score each selected mask on its test pairs.
+    Explained in chapter 5."""
     trained = train_masks(lm.model, jobs, config)
     tests = patched_accuracies(lm.model, [Blend(j.heads, m.round(), j.test) for j, (m, _, _) in zip(jobs, trained)],
                                config.batch_size, config.max_rows)
@@ -486,7 +495,7 @@ def run_dcm(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, co
 
 def dcm_frame(results: Iterable[DCMResult], circuit: str | None = None) -> pd.DataFrame:
     """One tidy row per DCM run: model, circuit, group, desideratum, candidates, n_heads, heads,
-    validation and test accuracy, authors_compat."""
+    validation and test accuracy, authors_compat. Explained in chapter 5."""
     rows = [{**r.summary(), "circuit": circuit or r.model} for r in results]
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -496,12 +505,14 @@ SUMMARY_COLUMNS = ["model", "circuit", "group", "desideratum", "candidates", "n_
 
 
 def dcm_heads(results: Iterable[DCMResult]) -> dict[tuple[str, str], list[Head]]:
-    """(group, desideratum) -> heads DCM selected: the head sets the activation-patching check reuses."""
+    """(group, desideratum) -> heads DCM selected: the head sets the activation-patching check reuses.
+    Explained in chapter 5."""
     return {(r.group, r.desideratum): list(r.heads) for r in results}
 
 
 def heads_of(summary: pd.DataFrame) -> dict[tuple[str, str], list[Head]]:
-    """(group, desideratum) -> the heads DCM selected, from a summary frame (`stored_circuit_dcm`)."""
+    """(group, desideratum) -> the heads DCM selected, from a summary frame (`stored_circuit_dcm`).
+    Explained in chapter 5."""
     return {(r.group, r.desideratum): [tuple(h) for h in r.heads] for r in summary.itertuples()}
 
 
@@ -577,11 +588,12 @@ def stored_circuit_dcm(model, circuit: Circuit, config: DCMConfig = DEFAULT_DCM,
 
 
 # --------------------------------------------------------------------------------------------------
-# The activation-patching check (paper.md §4.9) and the additional desiderata (§4.10)
+# The activation-patching check and the additional desiderata (§4.10)
 # --------------------------------------------------------------------------------------------------
 
 def draw_seeds(seed: int, n_draws: int) -> list[int]:
-    """One pairing seed per draw, all derived from ``seed`` (the authors seeded `random` once)."""
+    """One pairing seed per draw, all derived from ``seed`` (the authors seeded `random` once).
+    Explained in chapter 5."""
     rng = random.Random(seed)
     return [rng.randrange(2**31) for _ in range(n_draws)]
 
@@ -683,13 +695,12 @@ def stored_floors(model, config: PatchingCheckConfig = DEFAULT_CHECK) -> dict[st
 def stored_authors_compat(model, heads: HeadSets, config: PatchingCheckConfig = DEFAULT_CHECK) -> pd.DataFrame:
     """The same head sets patched with the corrected data and with the authors' (B1, B2, W3), plus the
     unpatched floors: one tidy row per data x group x desideratum x draw. Explained in appendix A3."""
-    sets = {**heads, **{("none (floor)", d): [] for d in D.DESIDERATA}}
+    floors = {("value_fetcher", d): [] for d in D.DESIDERATA}
     frames = []
     for compat in (False, True):
         cfg = replace(config, task=replace(config.task, authors_compat=compat))
-        requests = {(("value_fetcher" if g == "none (floor)" else g), d): h for (g, d), h in sets.items()}
-        frame = stored_patching_check(model, {"sets": requests}, cfg)
-        frame["group"] = [g for (g, d) in sets for _ in range(cfg.n_draws)]
+        frame = stored_patching_check(model, {"sets": dict(heads), "none (floor)": floors}, cfg)
+        frame.loc[frame["circuit"] == "none (floor)", "group"] = "none (floor)"
         frames.append(frame.assign(data="authors (B1, B2, W3)" if compat else "corrected"))
     return pd.concat(frames, ignore_index=True)[["group", "desideratum", "draw", "accuracy", "data"]]
 
@@ -717,14 +728,16 @@ def stored_additional_desiderata(model, heads: Sequence[Sequence[int]], group: s
 # --------------------------------------------------------------------------------------------------
 
 def best_desideratum(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per model and group, the desideratum its heads move best (from a draws-summarised frame)."""
+    """Per model and group, the desideratum its heads move best (from a draws-summarised frame).
+    Explained in chapter 5."""
     idx = frame.groupby(["model", "group"], sort=False)["accuracy"].idxmax()
     return frame.loc[idx, ["model", "group", "desideratum", "accuracy"]]
 
 
 def survival(accuracy: float, baseline: float) -> tuple[str, float | None]:
     """How much of the plain positional signal a rewritten source keeps: "kept" (≥ 0.8 of it),
-    "weakened" (0.5–0.8) or "lost" (< 0.5), with the ratio (None when there is no baseline signal)."""
+    "weakened" (0.5–0.8) or "lost" (< 0.5), with the ratio (None when there is no baseline signal).
+    Explained in chapter 5."""
     if baseline <= 0:
         return "no baseline signal", None
     ratio = accuracy / baseline

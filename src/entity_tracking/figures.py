@@ -39,7 +39,7 @@ GROUP_NAMES = {  # plural, as a reader says them ("the value fetchers")
     "position_detector": "position detectors",
     "structure_reader": "structure readers",
 }
-#: What each group reads and writes, in the words of the paper's Figure 1 caption (paper.md §4.1).
+#: What each group reads and writes, in the words of the paper's Figure 1 caption.
 ROLES = {
     "structure_reader": ("reads its segment (object, 'is')", "writes segment info at the label"),
     "position_detector": ("reads the earlier label (D's output)", "writes the queried box's position"),
@@ -67,12 +67,12 @@ NOT_MEASURED_COLOR = "#d9d9d9"
 
 
 def head_name(layer: int, head: int) -> str:
-    """The one way a head is written in the book: ``L14H27`` (layer 14, head 27)."""
+    """The one way a head is written in the book: ``L14H27`` (layer 14, head 27). Explained in chapter 3."""
     return f"L{int(layer)}H{int(head)}"
 
 
 def group_title(group: str) -> str:
-    """'Value fetchers (A)': a group's name for a reader, with the paper's letter."""
+    """'Value fetchers (A)': a group's name for a reader, with the paper's letter. Explained in chapter 3."""
     return f"{GROUP_NAMES[group].capitalize()} ({GROUP_LETTERS[group]})"
 
 
@@ -106,7 +106,7 @@ class IdentifiedChart:
     """A chart that displays in a notebook cell as the chart's usual HTML inside
     ``<div id="...">``, so the built page (and a reader's link ``page.html#circuit-diagram``) can
     find it. The inner HTML is exactly what Altair's default renderer writes, so the book's
-    vendoring of vega and its browser checks treat it like every other chart."""
+    vendoring of vega and its browser checks treat it like every other chart. Explained in chapter 3."""
 
     def __init__(self, chart: alt.TopLevelMixin, element_id: str):
         self.chart = chart
@@ -127,13 +127,13 @@ class IdentifiedChart:
 
 
 def with_element_id(chart: alt.TopLevelMixin, element_id: str) -> IdentifiedChart:
-    """Display ``chart`` inside ``<div id=element_id>`` (ids must be unique within a page)."""
+    """Display ``chart`` inside ``<div id=element_id>`` (ids must be unique within a page). Explained in chapter 3."""
     return IdentifiedChart(chart, element_id)
 
 
 def circuit_diagram_html(chart: alt.TopLevelMixin, element_id: str = "circuit-diagram") -> IdentifiedChart:
     """The circuit diagram as a notebook cell shows it, findable in the page as ``#circuit-diagram``.
-    Make it the cell's last expression; give a second diagram on the same page another id."""
+    Make it the cell's last expression; give a second diagram on the same page another id. Explained in chapter 3."""
     return with_element_id(chart, element_id)
 
 
@@ -144,7 +144,8 @@ def circuit_diagram_html(chart: alt.TopLevelMixin, element_id: str = "circuit-di
 @dataclass(frozen=True)
 class GroupBox:
     """One group as the diagram draws it. ``heads`` is None when only the group's size and layer
-    range are known (the paper's A and C lists are not transcribed); then no head dots are drawn."""
+    range are known (the paper's A and C lists are not transcribed); then no head dots are drawn.
+    Explained in chapter 3."""
 
     group: str
     heads: tuple[Head, ...] | None
@@ -171,7 +172,8 @@ class GroupBox:
 
 def group_boxes(circuit_or_groups) -> dict[str, GroupBox]:
     """The four groups of a `Circuit`, of a mapping group -> heads, or of a mapping group ->
-    {"n_heads", "layers", "heads"} (`paper_reference.circuit_summary`); a missing group is empty."""
+    {"n_heads", "layers", "heads"} (`paper_reference.circuit_summary`); a missing group is empty.
+    Explained in chapter 3."""
     groups = circuit_or_groups.groups if isinstance(circuit_or_groups, Circuit) else circuit_or_groups
     given = {_group_key(k): v for k, v in dict(groups).items()}
     return {g: _box(g, given.get(g, ())) for g in GROUP_ORDER}
@@ -345,7 +347,7 @@ def circuit_diagram(circuit_or_groups, n_layers: int | None = None, title: str |
     `paper_reference.circuit_summary(...)` (groups known by size and layers only get a plain box).
     An empty group is drawn as a dashed box saying "no heads found". ``highlight`` marks one head
     per group (the paper's Figure 1 heads, `paper_reference.PROMINENT_HEADS`). Show it with
-    `circuit_diagram_html` so the page can find it by id."""
+    `circuit_diagram_html` so the page can find it by id. Explained in chapter 3."""
     boxes = group_boxes(circuit_or_groups)
     n_layers = n_layers or _infer_layers(circuit_or_groups, boxes)
     deepest = max((b.last_layer for b in boxes.values() if b.last_layer is not None), default=-1)
@@ -475,7 +477,8 @@ def _card_panel(boxes, layout: _Layout, highlight) -> alt.LayerChart:
 def paper_circuit_diagram(circuit: str = "llama-7b", title: str | None = None) -> alt.VConcatChart:
     """The paper's own circuit (LLaMA-7B's 72 nodes by default) drawn as `circuit_diagram` draws
     ours, with Figure 1's prominent head of each group marked. Groups whose head list is not
-    transcribed (LLaMA's A and C) are drawn from their size and layer range, and the figure says so."""
+    transcribed (LLaMA's A and C) are drawn from their size and layer range, and the figure says so.
+    Explained in chapter 3."""
     summary = R.circuit_summary(circuit)
     unlisted = [GROUP_LETTERS[g] for g, info in summary.items() if info["heads"] is None]
     note = None
@@ -561,7 +564,8 @@ def score_maps_beside_paper(ours, model_label: str, paper_model: str = "llama-7b
     a reader can see; each step gets its own because step 1's scores are 4x smaller than step 2's.
 
     ``ours``: mapping group (name or letter) -> [layer][head] tensor or list, or a `Circuit` (its
-    ``scores``). A missing map is a grey "not measured" panel; an all-zero one draws as white cells."""
+    ``scores``). A missing map is a grey "not measured" panel; an all-zero one draws as white cells.
+    Explained in chapter 3."""
     ours = ours.scores if isinstance(ours, Circuit) else ours
     ours = {_group_key(k): v for k, v in (ours or {}).items()}
     paper = R.path_patching_score_maps(paper_model)
@@ -640,7 +644,7 @@ def _token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
 def paper_targets(batch, index: int, group: str, tokens: Sequence[str]) -> list[int]:
     """Token indices the paper says a group's heads attend to in prompt ``index`` (Figure 1):
     A the correct object, B the query label, C the previous query label, D its segment's object
-    and the 'is' after it."""
+    and the 'is' after it. Explained in chapter 3."""
     example = batch.examples[index]
     pos = {k: v[index] for k, v in batch.positions.items()}
     if group == "position_transmitter":
@@ -660,7 +664,7 @@ def attention_frame(lm, batch, heads_by_group, index: int = 0, per_group: int = 
     """Attention weights (``blocks.{l}.attn.hook_pattern``) of each group's top heads on prompt
     ``index``, read at the group's own position: one row per (head, key token), weights rounded to
     3 decimals (the stored numbers notebooks compare), ``paper_target`` marking the token the paper
-    says the group attends to, ``attendable`` False for tokens after the query (causal mask)."""
+    says the group attends to, ``attendable`` False for tokens after the query (causal mask). Explained in chapter 3."""
     import torch
 
     from .patching import cache_activations, pattern_name
@@ -702,7 +706,7 @@ def attention_view(lm, batch, heads_by_group, index: int = 0, per_group: int = 2
     position are grey: the causal mask hides them.
 
     Returns the chart and its tidy frame (`attention_frame`), which is what a notebook's stored
-    output should show for comparison."""
+    output should show for comparison. Explained in chapter 3."""
     frame = attention_frame(lm, batch, heads_by_group, index, per_group)
     tokens = _token_texts(lm.tokenizer, batch.tokens[index].tolist())
     width = min(int(width), ARTICLE_WIDTH - 90)  # room for the head labels on the left

@@ -1,4 +1,4 @@
-"""Attention knockout (paper.md §4.12, after Geva et al. 2023): where in depth does information move
+"""Attention knockout: where in depth does information move
 from one token to another?
 
 One *edge* is a (query position -> key position) pair, e.g. the last token reading the correct
@@ -53,7 +53,7 @@ DEFAULT_KNOCKOUT = KnockoutConfig()
 
 
 def edge_positions(batch: D.TaskBatch, edge: str, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and key token index of the edge in each prompt (``[prompt]`` each)."""
+    """Query and key token index of the edge in each prompt (``[prompt]`` each). Explained in appendix A2."""
     if edge not in EDGES:
         raise ValueError(f"unknown edge {edge!r}; choose from {list(EDGES)}")
     query_name, key_name = EDGES[edge]
@@ -75,7 +75,7 @@ def edge_positions(batch: D.TaskBatch, edge: str, seed: int = 5) -> tuple[torch.
 
 def knockout_hooks(model, query: torch.Tensor, key: torch.Tensor, start_layer: int) -> list[tuple[str, P.Hook]]:
     """Hooks that cut attention from ``query[b]`` to ``key[b]`` in every head of every layer from
-    ``start_layer`` (0-based) on. ``start_layer >= n_layers`` cuts nothing."""
+    ``start_layer`` (0-based) on. ``start_layer >= n_layers`` cuts nothing. Explained in appendix A2."""
     rows = torch.arange(query.shape[0], device=query.device)
 
     def hook(scores, hook):  # [batch, head, query pos, key pos]
@@ -89,7 +89,7 @@ def knockout_hooks(model, query: torch.Tensor, key: torch.Tensor, start_layer: i
 @torch.no_grad()
 def knockout_logits(model, batch: D.TaskBatch, query: torch.Tensor, key: torch.Tensor, start_layer: int,
                     batch_size: int = 50) -> torch.Tensor:
-    """Last-position logits with the edge cut from ``start_layer`` (0-based) on."""
+    """Last-position logits with the edge cut from ``start_layer`` (0-based) on. Explained in appendix A2."""
     outs = []
     for start in range(0, len(batch), batch_size):
         chunk = batch[start: start + batch_size]
@@ -133,7 +133,8 @@ def stored_knockout(model, edges: Sequence[str] = tuple(EDGES), config: Knockout
 
 def recovered_from(curves: pd.DataFrame, accuracy: float, edge: str, noise: float = 0.03) -> int | None:
     """The first start layer from which cutting the edge costs at most ``noise`` of accuracy and keeps
-    doing so at every later start layer: the layer by which the information has crossed the edge."""
+    doing so at every later start layer: the layer by which the information has crossed the edge.
+    Explained in appendix A2."""
     rows = curves[curves["edge"] == edge].sort_values("start_layer")
     ok = rows["accuracy"] >= accuracy - noise
     for layer in rows["start_layer"]:
@@ -160,7 +161,7 @@ def recovery_table(curves: pd.DataFrame, accuracy: float, n_layers: int, paper: 
 
 def describe_recovery(summary: pd.DataFrame, name: str, accuracy: float) -> str:
     """A paragraph, computed from `recovery_table`, on whether the circuit edges recover in the
-    paper's bottom-up order (C, then B, then A) and what the random controls cost."""
+    paper's bottom-up order (C, then B, then A) and what the random controls cost. Explained in appendix A2."""
     ordered = summary.dropna(subset=["ours: recovered from layer"]).set_index("edge")["ours: recovered from layer"]
     main = [e for e in ("query_label->prev_query_label", "last->query_label", "last->object") if e in ordered]
     same = list(ordered[main].sort_values(kind="stable").index) == main

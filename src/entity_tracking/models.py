@@ -6,7 +6,7 @@ optionally plus a LoRA adapter that is merged with peft, wrapped in a Transforme
 
 Merging Goat's adapter (rather than hooking an un-merged `PeftModel` as the authors did) keeps the
 LoRA update of ``o_proj`` in every patched forward; ``authors_compat=True`` drops it again, which is
-what the authors' hooks effectively ran (paper.md §7, W4).
+what the authors' hooks effectively ran.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LLAMA_TOKENIZER = "hf-internal-testing/llama-tokenizer"  # the tokenizer the aut
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Facts about one variant: where its weights come from and what the paper measured."""
+    """Facts about one variant: where its weights come from and what the paper measured. Explained in chapter 2."""
 
     name: str
     base: str                        # hub id or local directory of a LlamaForCausalLM
@@ -88,7 +88,7 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (*PAPER_MODELS, *O
 
 
 class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says what to do about it."""
+    """A model could not be loaded; the message says what to do about it. Explained in chapter 2."""
 
 
 class NoGPUError(ModelLoadError):
@@ -104,7 +104,7 @@ class CorruptCheckpointError(ModelLoadError):
 
 
 def resolve(model: str | ModelSpec) -> ModelSpec:
-    """A registry name, a ModelSpec, or a local `LlamaForCausalLM` directory, as a ModelSpec."""
+    """A registry name, a ModelSpec, or a local `LlamaForCausalLM` directory, as a ModelSpec. Explained in chapter 2."""
     if isinstance(model, ModelSpec):
         return model
     if model in REGISTRY:
@@ -150,7 +150,8 @@ def _sha256(path: Path) -> str:
 
 
 def verify_checkpoint(directory: str | Path) -> dict | None:
-    """Check the sha256 of every file a ``manifest.json`` lists; returns the manifest (or None)."""
+    """Check the sha256 of every file a ``manifest.json`` lists; returns the manifest (or None).
+    Explained in chapter 2."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not directory.is_dir():
@@ -220,7 +221,8 @@ def _merge_lora(hf_model, adapter: str, spec: ModelSpec, drop_o_proj: bool):
 
 @dataclass
 class LoadedModel:
-    """A hooked model with its tokenizer and facts. ``model`` is a TransformerLens TransformerBridge."""
+    """A hooked model with its tokenizer and facts. ``model`` is a TransformerLens TransformerBridge.
+    Explained in chapter 2."""
 
     model: object
     tokenizer: object
@@ -284,7 +286,7 @@ def load_model(model: str | ModelSpec, device: str | torch.device | None = None,
     """Load a variant by registry name, spec or local directory, as a TransformerLens bridge.
 
     Raises a `ModelLoadError` subclass that says what to do when the weights are missing, corrupt,
-    gated, or too large for this machine."""
+    gated, or too large for this machine. Explained in chapter 2."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from transformers.utils import logging as hf_logging
@@ -340,7 +342,7 @@ def gpu_memory_gb() -> float:
 
 
 def variant_availability() -> dict[str, str | None]:
-    """Each variant mapped to None if it can run on this machine, else the reason it cannot."""
+    """Each variant mapped to None if it can run on this machine, else the reason it cannot. Explained in chapter 2."""
     gpu = gpu_memory_gb()
     out: dict[str, str | None] = {}
     for name, spec in REGISTRY.items():
@@ -361,13 +363,15 @@ def available_variants() -> list[str]:
 
 
 def default_variant() -> str:
-    """The variant a chapter runs by default: LLaMA-7B on a big enough GPU, else the organism."""
+    """The variant a chapter runs by default: LLaMA-7B on a big enough GPU, else the organism.
+    Explained in chapter 2."""
     return "llama-7b" if variant_availability().get("llama-7b") is None else "organism-base"
 
 
 def with_local_weights(name: str, base: str | Path, adapter: str | Path | None = None,
                        tokenizer: str | Path | None = None, needs_gpu: bool | None = None) -> ModelSpec:
-    """A registry entry pointed at local files (weights downloaded elsewhere, or tests' tiny models)."""
+    """A registry entry pointed at local files (weights downloaded elsewhere, or tests' tiny models).
+    Explained in chapter 2."""
     spec = REGISTRY[name] if name in REGISTRY else resolve(name)
     changes = {"base": str(base), "tokenizer": str(tokenizer or base)}
     if adapter is not None or spec.adapter is not None:

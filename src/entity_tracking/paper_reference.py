@@ -1,10 +1,9 @@
 """The paper's 7B reference numbers as data, each with where it comes from.
 
 Chapters show "paper" beside "ours" from here and never type a paper number by hand. Every table is
-transcribed from the project's specification ``shared/paper.md`` (its section is given), which in
-turn read it from the authors' repository github.com/Nix07/finetuning at ``379765d``: result files
-[repo], saved notebook outputs at HEAD [nb], or saved outputs of an older commit [hist]. Each frame
-carries a ``provenance`` column, and `provenance(name)` gives the citation for a table.
+read from the authors' repository github.com/Nix07/finetuning at ``379765d``: result files [repo],
+saved notebook outputs at HEAD [nb], or saved outputs of an older commit [hist]. Each frame carries a
+``provenance`` column, and `provenance(name)` gives the citation for a table. Explained in chapter 1.
 
 Units: every accuracy is a fraction in [0, 1], also where the paper prints percent (activation
 patching); model, group and desideratum names are the package's own (`models.REGISTRY`,
@@ -20,12 +19,12 @@ import pandas as pd
 MODELS = ("llama-7b", "vicuna-7b", "goat-7b", "float-7b")
 MODEL_TITLES = {"llama-7b": "Llama-7B", "vicuna-7b": "Vicuna-7B", "goat-7b": "Goat-7B", "float-7b": "FLoat-7B"}
 GROUPS = ("value_fetcher", "position_transmitter", "position_detector", "structure_reader")
-# The authors' file names for the groups (pos_transmitter, ...), as they appear in paper.md.
+# The authors' file names for the groups (pos_transmitter, ...), as they appear in their result files.
 _AUTHORS_GROUP = {"value_fetcher": "value_fetcher", "pos_transmitter": "position_transmitter",
                   "pos_detector": "position_detector", "struct_reader": "structure_reader"}
 _AUTHORS_MODEL = {"llama": "llama-7b", "vicuna": "vicuna-7b", "goat": "goat-7b", "float": "float-7b"}
 
-#: The paper's evaluation set: the first 500 lines of its dataset (paper.md §2.3).
+#: The paper's evaluation set: the first 500 lines of its dataset.
 EVAL_SAMPLES = 500
 #: The number of boxes of every paper number.
 PAPER_BOXES = 7
@@ -33,14 +32,14 @@ PAPER_BOXES = 7
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a reference table comes from: the tag of paper.md §0, the authors' file, the section."""
+    """Where a reference table comes from: the tag of the authors' file, the section."""
 
     tag: str        # "repo", "nb", "hist <commit>", "page"
     where: str      # the authors' file(s) the numbers were read from
-    section: str    # the section of shared/paper.md that transcribes them
+    section: str    # the section of the book's specification that transcribes them
 
     def __str__(self) -> str:
-        return f"[{self.tag}] {self.where} (paper.md {self.section})"
+        return f"[{self.tag}] {self.where}"
 
 
 PROVENANCE: dict[str, Provenance] = {
@@ -105,7 +104,7 @@ TABLE1: dict[str, tuple[float, float, float, float]] = {
 
 def table1() -> pd.DataFrame:
     """The paper's Table 1, one row per model (accuracies as the paper rounds them: 2 decimals).
-    The Goat row's circuit number was computed without Goat's o_proj LoRA update (paper.md W4)."""
+    The Goat row's circuit number was computed without Goat's o_proj LoRA update (W4, appendix A3)."""
     return _frame("table1", [
         {"model": m, "full_model": f, "llama_circuit": c, "random_circuit": r, "faithfulness": fa}
         for m, (f, c, r, fa) in TABLE1.items()
@@ -144,7 +143,7 @@ def circuit_sizes() -> pd.DataFrame:
     ])
 
 
-#: The LLaMA circuit's groups that paper.md lists head by head (A and C are only in the JSON file).
+#: The LLaMA circuit's groups that the specification lists head by head (A and C are only in the JSON file).
 LLAMA_CIRCUIT_HEADS: dict[str, tuple[tuple[int, int], ...]] = {
     "position_transmitter": ((14, 27), (11, 23), (12, 23), (19, 12), (13, 0), (16, 2), (13, 14)),
     "structure_reader": ((8, 21), (12, 23), (11, 9), (8, 12), (11, 23)),
@@ -187,14 +186,14 @@ def top_heads() -> pd.DataFrame:
 
 
 #: Path-patching candidates kept per group before minimality, and the minimality threshold that
-#: reproduces the shipped circuit (the paper states 1 %; Goat and FLoat used 0, paper.md §4.4).
+#: reproduces the shipped circuit (the paper states 1 %; Goat and FLoat used 0).
 MINIMALITY: dict[str, dict] = {
     "llama-7b": {"candidates": (50, 10, 25, 5), "threshold": 0.01},
     "goat-7b": {"candidates": (80, 30, 50, 40), "threshold": 0.0},
     "float-7b": {"candidates": (80, 30, 50, 40), "threshold": 0.0},
 }
 #: Heads per group (A, B, C, D) the Goat and FLoat circuits would have kept at the paper's stated 1 %
-#: (recomputed from the authors' significance files, paper.md §4.4).
+#: (recomputed from the authors' significance files).
 MINIMALITY_AT_1PCT: dict[str, tuple[int, int, int, int]] = {"goat-7b": (35, 18, 23, 14), "float-7b": (37, 18, 23, 19)}
 
 
@@ -209,7 +208,7 @@ def minimality() -> pd.DataFrame:
 # Circuit evaluation: faithfulness of each model's own circuit, overlap, completeness
 # --------------------------------------------------------------------------------------------------
 
-#: circuit: {model: (circuit accuracy, faithfulness)} (paper.md §4.5; Goat-in-FLoat used a pre-release FLoat)
+#: circuit: {model: (circuit accuracy, faithfulness)}
 OWN_CIRCUIT_FAITHFULNESS: dict[str, dict[str, tuple[float, float]]] = {
     "goat-7b": {"llama-7b": (0.77, 1.17), "vicuna-7b": (0.76, 1.13), "goat-7b": (0.81, 0.99),
                 "float-7b": (0.79, 0.96)},
@@ -250,7 +249,7 @@ def overlap() -> pd.DataFrame:
     return _frame("overlap", rows)
 
 
-#: circuit: {K: (F(C\K), F(M\K))} for K = each whole group (paper.md §4.6)
+#: circuit: {K: (F(C\K), F(M\K))} for K = each whole group
 COMPLETENESS_GROUPS: dict[str, dict[str, tuple[float, float]]] = {
     "llama-7b": {"value_fetcher": (0.00, 0.19), "position_transmitter": (0.02, 0.23),
                  "position_detector": (0.02, 0.04), "structure_reader": (0.46, 0.58)},
@@ -308,7 +307,7 @@ DESIDERATA = ("object_value", "box_label_value", "positional")
 
 def dcm() -> pd.DataFrame:
     """Heads DCM selected and their test accuracy, per circuit x group x desideratum. Every
-    box_label_value run is 0.000 because of the authors' target bug B2 (paper.md §2.5)."""
+    box_label_value run is 0.000 because of the authors' target bug B2."""
     rows = []
     for circuit, group, size, *cells in _rows(_DCM):
         for d, (heads, acc) in zip(DESIDERATA, zip(cells[0::2], cells[1::2])):
@@ -384,7 +383,7 @@ def activation_patching() -> pd.DataFrame:
     return _frame("activation_patching", rows)
 
 
-#: The positional floor of bug B1: LLaMA value fetchers, no head patched (paper.md §5 row 27).
+#: The positional floor of bug B1: LLaMA value fetchers, no head patched.
 POSITIONAL_FLOOR = 0.1284
 
 # desideratum | DCM test accuracy | activation-patching mean sd (percent) | DCM heads (layer.head)
@@ -479,7 +478,7 @@ KNOCKOUT_EDGES = {
 _KNOCKOUT: dict[str, dict[str, float]] = {
     "last->object": {"1-16": 0.04, "17": 0.06, "18-19": 0.07, "20": 0.13, "21": 0.21, "22": 0.25, "23-24": 0.41,
                      "25": 0.56, "26": 0.60, "27-29": 0.61, "30": 0.63, "31-32": 0.65},
-    # start layers 2-11 lie between 0.35 and 0.39 but paper.md does not list them one by one
+    # start layers 2-11 lie between 0.35 and 0.39 but the transcription does not list them one by one
     "last->query_label": {"1": 0.37, "12": 0.39, "13": 0.51, "14-15": 0.55, "16-17": 0.65, "18-22": 0.66,
                           "23-26": 0.65, "27-29": 0.66, "30": 0.65, "31": 0.66, "32": 0.65},
     "query_label->prev_query_label": {"1-2": 0.05, "3-5": 0.09, "6": 0.13, "7": 0.14, "8": 0.19, "9": 0.32,
@@ -510,7 +509,7 @@ def knockout() -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 #: Differences up to this size are noise at the paper's 500 examples (standard error of an accuracy
-#: near 0.7 is about 0.02; paper.md §5, statistical note).
+#: near 0.7 is about 0.02; statistical note).
 PAPER_NOISE = 0.03
 
 

@@ -19,30 +19,37 @@ from .data import TaskBatch
 
 # TransformerLens hook names (one naming scheme for every activation).
 def z_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s head outputs (``hook_z``). Explained in chapter 3."""
     return f"blocks.{layer}.attn.hook_z"
 
 
 def q_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s queries (``hook_q``, before rotary). Explained in chapter 3."""
     return f"blocks.{layer}.attn.hook_q"
 
 
 def k_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s keys (``hook_k``). Explained in chapter 3."""
     return f"blocks.{layer}.attn.hook_k"
 
 
 def v_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s values (``hook_v``). Explained in chapter 3."""
     return f"blocks.{layer}.attn.hook_v"
 
 
 def pattern_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s attention pattern. Explained in chapter 3."""
     return f"blocks.{layer}.attn.hook_pattern"
 
 
 def scores_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s pre-softmax attention scores. Explained in appendix A2."""
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
 def mlp_out_name(layer: int) -> str:
+    """TransformerLens name of layer ``layer``'s MLP output. Explained in chapter 3."""
     return f"blocks.{layer}.hook_mlp_out"
 
 
@@ -56,6 +63,7 @@ Hook = Callable[[torch.Tensor, object], torch.Tensor]
 
 
 def n_layers_heads(model) -> tuple[int, int]:
+    """The model's number of layers and of heads per layer. Explained in chapter 3."""
     return model.cfg.n_layers, model.cfg.n_heads
 
 
@@ -64,14 +72,15 @@ def n_layers_heads(model) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 
 def run_with_hooks(model, tokens: torch.Tensor, hooks: Sequence[tuple[str, Hook]] = ()) -> torch.Tensor:
-    """Logits of a forward pass with the given hooks (plain functions ``hook(tensor, hook) -> tensor``)."""
+    """Logits of a forward pass with the given hooks (plain functions ``hook(tensor, hook) -> tensor``).
+    Explained in chapters 3–6."""
     if not hooks:
         return model(tokens)
     return model.run_with_hooks(tokens, fwd_hooks=list(hooks))
 
 
 def last_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at the last prompt token (prompts are unpadded and equally long)."""
+    """Next-token logits at the last prompt token (prompts are unpadded and equally long). Explained in chapters 3–6."""
     return logits[:, -1, :]
 
 
@@ -80,7 +89,8 @@ def z_edit_hooks(model, edit: Callable[[int, torch.Tensor], torch.Tensor],
     """Hooks that pass every chosen layer's head outputs through ``edit(layer, z) -> z``.
 
     Closures carry the layer: on the bridge, ``hook.name`` is the canonical ``attn.o.hook_in``, so the
-    TransformerLens habit of looking data up by ``hook.name`` would break (tooling.md pitfall 2)."""
+    TransformerLens habit of looking data up by ``hook.name`` would break (tooling.md pitfall 2).
+    Explained in chapters 3–6."""
     layers = range(model.cfg.n_layers) if layers is None else layers
 
     def make(layer):
@@ -92,7 +102,7 @@ def z_edit_hooks(model, edit: Callable[[int, torch.Tensor], torch.Tensor],
 
 
 def cache_activations(model, tokens: torch.Tensor, names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and the named activations of one forward pass (detached)."""
+    """Logits and the named activations of one forward pass (detached). Explained in chapters 3–6."""
     store: dict[str, torch.Tensor] = {}
 
     def make(name):
@@ -106,7 +116,8 @@ def cache_activations(model, tokens: torch.Tensor, names: Sequence[str]) -> tupl
 
 
 def head_outputs(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and every layer's head outputs stacked as ``[layer, batch, pos, head, d_head]``."""
+    """Logits and every layer's head outputs stacked as ``[layer, batch, pos, head, d_head]``.
+    Explained in chapters 3–6."""
     n_layers, _ = n_layers_heads(model)
     logits, store = cache_activations(model, tokens, [z_name(layer) for layer in range(n_layers)])
     return logits, torch.stack([store[z_name(layer)] for layer in range(n_layers)])
@@ -117,13 +128,14 @@ def head_outputs(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 # --------------------------------------------------------------------------------------------------
 
 def empty_mask(model, batch: TaskBatch) -> torch.Tensor:
+    """An all-False mask over (layer, prompt, position, head). Explained in chapter 3."""
     n_layers, n_heads = n_layers_heads(model)
     return torch.zeros(n_layers, len(batch), batch.seq_len, n_heads, dtype=torch.bool, device=batch.tokens.device)
 
 
 def position_index(batch: TaskBatch, position: str) -> torch.Tensor:
     """Token index of a named position per prompt: "last", "query_label", "prev_query_label",
-    "object_{i}" or "label_{i}" (-1 where the prompt has no such token)."""
+    "object_{i}" or "label_{i}" (-1 where the prompt has no such token). Explained in chapters 3–6."""
     if position in batch.positions and batch.positions[position].dim() == 1:
         return batch.positions[position]
     kind, _, index = position.rpartition("_")
@@ -135,7 +147,8 @@ def position_index(batch: TaskBatch, position: str) -> torch.Tensor:
 
 
 def nodes_mask(model, batch: TaskBatch, nodes: Iterable[Node]) -> torch.Tensor:
-    """A mask that is True at each node's (layer, head) and its named position in every prompt."""
+    """A mask that is True at each node's (layer, head) and its named position in every prompt.
+    Explained in chapters 3–6."""
     mask = empty_mask(model, batch)
     rows = torch.arange(len(batch), device=mask.device)
     for layer, head, position in nodes:
@@ -146,6 +159,7 @@ def nodes_mask(model, batch: TaskBatch, nodes: Iterable[Node]) -> torch.Tensor:
 
 
 def heads_at(heads: Iterable[tuple[int, int]], position: str) -> list[Node]:
+    """Circuit nodes: each (layer, head) at one named position. Explained in chapter 3."""
     return [(layer, head, position) for layer, head in heads]
 
 
@@ -157,7 +171,7 @@ def patch_hooks(model, source: torch.Tensor, mask: torch.Tensor) -> list[tuple[s
     """Hooks replacing head outputs where ``mask`` is True by ``source``.
 
     ``source`` is ``[layer, batch or 1, pos, head, d_head]`` and ``mask`` ``[layer, batch or 1, pos,
-    head]``; layers whose mask is all False get no hook."""
+    head]``; layers whose mask is all False get no hook. Explained in chapters 3–6."""
     layers = [layer for layer in range(mask.shape[0]) if bool(mask[layer].any())]
 
     def edit(layer, z):
@@ -169,7 +183,7 @@ def patch_hooks(model, source: torch.Tensor, mask: torch.Tensor) -> list[tuple[s
 def patch_heads(model, tokens: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                 extra_hooks: Sequence[tuple[str, Hook]] = ()) -> torch.Tensor:
     """Logits of ``tokens`` with the masked head outputs taken from ``source`` (another run's, a
-    mean, or another model's), all in one forward pass."""
+    mean, or another model's), all in one forward pass. Explained in chapters 3–6."""
     return run_with_hooks(model, tokens, [*patch_hooks(model, source, mask), *extra_hooks])
 
 
@@ -196,7 +210,7 @@ def patch_from(model, batch: TaskBatch, outputs: "HeadOutputs", nodes: Sequence[
 def aligned_outputs(model, batch: TaskBatch, outputs: "HeadOutputs", nodes: Sequence[Node],
                     read: Sequence[Node] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Source tensor ``[layer, prompt, pos, head, d_head]`` and mask placing the recorded outputs at
-    each node's position in ``batch`` (prompts without that position are left alone)."""
+    each node's position in ``batch`` (prompts without that position are left alone). Explained in chapters 3–6."""
     read = list(nodes) if read is None else list(read)
     missing = [n for n in read if n not in outputs.values]
     if missing:
@@ -223,7 +237,7 @@ def aligned_outputs(model, batch: TaskBatch, outputs: "HeadOutputs", nodes: Sequ
 
 def mean_head_outputs(model, reference: TaskBatch, batch_size: int = 50) -> torch.Tensor:
     """Position-wise mean head outputs over reference prompts, ``[layer, pos, head, d_head]``: the
-    value an ablated head is set to (paper.md §2.4b)."""
+    value an ablated head is set to (the authors' mean ablation). Explained in chapters 3–6."""
     total = None
     for chunk in reference.batches(batch_size):
         with torch.no_grad():
@@ -234,12 +248,14 @@ def mean_head_outputs(model, reference: TaskBatch, batch_size: int = 50) -> torc
 
 
 def ablate_heads(model, tokens: torch.Tensor, means: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Logits with every head output set to its position-wise mean except where ``keep`` is True."""
+    """Logits with every head output set to its position-wise mean except where ``keep`` is True.
+    Explained in chapters 3–6."""
     return patch_heads(model, tokens, means.unsqueeze(1), ~keep)
 
 
 def replace_hooks(name: str, source: torch.Tensor) -> tuple[str, Hook]:
-    """A hook that replaces a whole activation (e.g. the embedding or an MLP output) by ``source``."""
+    """A hook that replaces a whole activation (e.g. the embedding or an MLP output) by ``source``.
+    Explained in chapters 3–6."""
     def hook(x, hook):
         return source.to(x.dtype).expand_as(x)
     return name, hook
@@ -256,7 +272,8 @@ ALL_POSITIONS = "all"
 
 
 def node_token_index(batch: TaskBatch, position: str) -> torch.Tensor:
-    """``[prompt, k]`` token indices a node covers: its named position (k = 1) or every token."""
+    """``[prompt, k]`` token indices a node covers: its named position (k = 1) or every token.
+    Explained in chapters 3–6."""
     if position == ALL_POSITIONS:
         return torch.arange(batch.seq_len, device=batch.tokens.device).expand(len(batch), -1)
     return position_index(batch, position).unsqueeze(1)

@@ -1,5 +1,5 @@
 """Path patching: which heads move the information the answer depends on, found group by group
-(paper.md §4.3, the authors' `experiment_1/path_patching.py` and `pp_utils.py`). Explained in
+(the authors' `experiment_1/path_patching.py` and `pp_utils.py`). Explained in
 chapter 3 (circuit discovery).
 
 A *sender* head's output ``z`` at one position is replaced by its value on a corrupted prompt (the
@@ -28,7 +28,7 @@ corrupted prompt has no earlier copy of its query letter, so its sender output i
 box label of the corrupted prompt, as the authors did (``random.choice(range(6, 49, 7))``).
 
 Speed. The authors ran one forward pass of whole prompts per sender and per pass (21,510 passes of
-100 prompts per 7B model, paper.md §6). The scores here are the same (the tests compare them with
+100 prompts per 7B model). The scores here are the same (the tests compare them with
 `path_patching_scores_one_head_per_forward`, the definition written their way, to 1e-6 in float32),
 from far less work, all through the TransformerLens hooks every other method uses:
 
@@ -71,7 +71,8 @@ from .progress import progress
 
 @dataclass(frozen=True)
 class Step:
-    """One path-patching step: the group it finds, where its senders sit, and what they must reach."""
+    """One path-patching step: the group it finds, where its senders sit, and what they must reach.
+    Explained in chapter 3."""
 
     group: str
     position: str                    # named position of senders and receivers
@@ -94,7 +95,7 @@ _INPUT_HOOK = {"q": P.q_name, "v": P.v_name}
 # Configuration
 # --------------------------------------------------------------------------------------------------
 
-#: The authors' top-k (`pp_main` comments, paper.md §4.3): receivers passed to the next step, and
+#: The authors' top-k (`pp_main` comments): receivers passed to the next step, and
 #: candidates per group kept for minimality (A's candidates before removing heads also in B).
 #: Vicuna was never searched by the authors; it gets LLaMA's numbers.
 PAPER_TOP_K: dict[str, dict[str, tuple[int, ...]]] = {
@@ -103,12 +104,12 @@ PAPER_TOP_K: dict[str, dict[str, tuple[int, ...]]] = {
     "goat-7b": {"receivers": (50, 20, 30), "candidates": (101, 30, 50, 40)},
     "float-7b": {"receivers": (50, 20, 30), "candidates": (102, 30, 50, 40)},
 }
-#: The authors' seeds per model (paper.md §4.3, W7); the book uses one seed for every model.
+#: The authors' seeds per model; the book uses one seed for every model.
 PAPER_SEEDS = {"llama-7b": 20, "goat-7b": 82, "float-7b": 85}
 #: For a small model such as the organism (a few layers of a few heads), LLaMA's 2 % of heads would
-#: be no head at all, so a few heads per group, and only heads that lower the answer's probability
-#: by at least 2 % on average.
-SMALL_MODEL_TOP_K = {"receivers": (3, 2, 2), "candidates": (6, 3, 4, 3), "min_effect": 0.02}
+#: be no head at all, so a few heads per group; like the authors' 7B runs, any head whose score is
+#: negative qualifies (minimality then prunes the ones the circuit does not need).
+SMALL_MODEL_TOP_K = {"receivers": (3, 2, 2), "candidates": (6, 3, 4, 3), "min_effect": 0.0}
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ class PathPatchingConfig:
 
 def rows_for_memory(lm, seq_len: int, budget_gb: float) -> int:
     """How many prompt copies fit one forward pass in ``budget_gb`` (a rough upper estimate of the
-    activations alive at once, plus the frozen head outputs the hooks build), for ``max_rows``."""
+    activations alive at once, plus the frozen head outputs the hooks build), for ``max_rows``.
+    Explained in chapter 3."""
     cfg = lm.model.cfg
     d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
     nbytes = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
@@ -184,7 +186,8 @@ def rows_for_memory(lm, seq_len: int, budget_gb: float) -> int:
 # --------------------------------------------------------------------------------------------------
 
 def pair_batches(lm, config: PathPatchingConfig) -> tuple[D.TaskBatch, D.TaskBatch]:
-    """Base prompts (the dataset's first ``n_samples`` lines) and their corrupted counterparts."""
+    """Base prompts (the dataset's first ``n_samples`` lines) and their corrupted counterparts.
+    Explained in chapter 3."""
     task = config.task
     dataset = lm.examples(task, max(task.n_samples, config.pool))
     base, corrupt = D.path_patching_pairs(dataset, task.n_samples, config.pool, config.pairing_seed,
@@ -195,7 +198,7 @@ def pair_batches(lm, config: PathPatchingConfig) -> tuple[D.TaskBatch, D.TaskBat
 def source_positions(corrupt: D.TaskBatch, position: str, seed: int = 0) -> torch.Tensor:
     """Where each corrupted prompt's sender output is read: the same named position, except for
     ``prev_query_label``, which a corrupted prompt lacks (its letter names no box): a random box
-    label of that prompt, as the authors did."""
+    label of that prompt, as the authors did. Explained in chapter 3."""
     if position != "prev_query_label":
         return P.position_index(corrupt, position)
     rng = random.Random(seed)
@@ -211,7 +214,7 @@ def source_positions(corrupt: D.TaskBatch, position: str, seed: int = 0) -> torc
 
 def sender_masks(lm, senders: Sequence[Head] | Sequence[Sequence[Head]]) -> torch.Tensor:
     """``[n_sets, layer, head]`` booleans: one row per sender *set*. A list of heads gives one set
-    per head (the paper's one-sender-at-a-time search); a list of lists gives those sets."""
+    per head (the paper's one-sender-at-a-time search); a list of lists gives those sets. Explained in chapter 3."""
     masks = torch.zeros(len(senders), lm.n_layers, lm.n_heads, dtype=torch.bool)
     for i, s in enumerate(senders):
         heads = [s] if isinstance(s[0], int) else s
@@ -231,7 +234,7 @@ def _check_receiver_input(lm, receiver_input: str | None):
 def reachable_sets(masks: torch.Tensor, receivers: Sequence[Head], receiver_input: str | None) -> torch.Tensor:
     """Which sender sets can change anything: with receivers, only a set with a head in a layer
     below some receiver's layer (a receiver reads its input before its own layer's heads write);
-    the others score exactly 0 by definition and need no forward pass."""
+    the others score exactly 0 by definition and need no forward pass. Explained in chapter 3."""
     if receiver_input is None:
         return torch.ones(masks.shape[0], dtype=torch.bool)
     if not receivers:
@@ -296,7 +299,7 @@ class Records:
     outputs, and the clean run's rotated keys, values and rotary angles (which pass 2 reuses for
     the tokens before the receivers' position), are the same in every step; the authors, too,
     cached them once per batch. With several chunks on a GPU the records wait in CPU memory
-    (about 6 GB per 100 prompts for a 7B model in float16)."""
+    (about 6 GB per 100 prompts for a 7B model in float16). Explained in chapter 3."""
 
     def __init__(self, lm, base: D.TaskBatch, corrupt: D.TaskBatch, batch_size: int = 100):
         if len(base) != len(corrupt):
@@ -587,7 +590,7 @@ def path_patched_probs(lm, base: D.TaskBatch, corrupt: D.TaskBatch, position: st
     every sender set in ``masks`` (`sender_masks`). The prompts are split in chunks of
     ``batch_size`` (those of ``records``, when given: the clean and corrupted runs of an earlier
     step); a forward pass holds one copy of a chunk per sender set, as many as ``max_rows``
-    prompt copies allow."""
+    prompt copies allow. Explained in chapter 3."""
     _check_receiver_input(lm, receiver_input)
     if records is None:
         records = Records(lm, base, corrupt, batch_size)
@@ -651,7 +654,7 @@ def path_patching_scores(lm, base: D.TaskBatch, corrupt: D.TaskBatch, position: 
                          receivers: Sequence[Head] = (), receiver_input: str | None = None,
                          src_positions: torch.Tensor | None = None, batch_size: int = 100,
                          max_rows: int = 4096, desc: str = "", records: Records | None = None) -> torch.Tensor:
-    """``[layer, head]`` path-patching score of every head as a lone sender at ``position``."""
+    """``[layer, head]`` path-patching score of every head as a lone sender at ``position``. Explained in chapter 3."""
     heads = [(layer, head) for layer in range(lm.n_layers) for head in range(lm.n_heads)]
     p_clean, p_patch = path_patched_probs(lm, base, corrupt, position, sender_masks(lm, heads), receivers,
                                           receiver_input, src_positions, batch_size, max_rows, desc, records)
@@ -663,7 +666,7 @@ def path_patching_scores_one_head_per_forward(lm, base: D.TaskBatch, corrupt: D.
                                               receivers: Sequence[Head] = (), receiver_input: str | None = None,
                                               src_positions: torch.Tensor | None = None) -> torch.Tensor:
     """The definition, written the authors' way: one sender per forward pass, the frozen run built
-    with `patching.patch_heads`. Slow; kept to check the batched version and to time it."""
+    with `patching.patch_heads`. Slow; kept to check the batched version and to time it. Explained in chapter 3."""
     _check_receiver_input(lm, receiver_input)
     model = lm.model
     src_positions = P.position_index(corrupt, position) if src_positions is None else src_positions
@@ -710,7 +713,7 @@ def path_patching_scores_one_head_per_forward(lm, base: D.TaskBatch, corrupt: D.
 
 def top_heads(scores, k: int, min_effect: float = 0.0) -> list[Head]:
     """The ``k`` heads with the most negative scores (the authors' ``topk(largest=False)``), most
-    negative first, leaving out any whose score is not below ``-min_effect``."""
+    negative first, leaving out any whose score is not below ``-min_effect``. Explained in chapter 3."""
     scores = torch.as_tensor(scores, dtype=torch.float32)
     flat = scores.flatten()
     order = torch.argsort(flat, stable=True)
@@ -726,7 +729,7 @@ def top_heads(scores, k: int, min_effect: float = 0.0) -> list[Head]:
 def step_scores(lm, step: Step, base: D.TaskBatch, corrupt: D.TaskBatch, receivers: Sequence[Head],
                 config: PathPatchingConfig, records: Records | None = None) -> torch.Tensor:
     """One step's ``[layer, head]`` score map (``records``: the clean and corrupted runs, shared
-    with the other steps)."""
+    with the other steps). Explained in chapter 3."""
     src = source_positions(corrupt, step.position, config.pairing_seed)
     return path_patching_scores(lm, base, corrupt, step.position, receivers, step.receiver_input, src,
                                 config.batch_size, config.max_rows,
@@ -737,7 +740,7 @@ def step_scores(lm, step: Step, base: D.TaskBatch, corrupt: D.TaskBatch, receive
 def candidate_circuit(lm, config: PathPatchingConfig, base: D.TaskBatch | None = None,
                       corrupt: D.TaskBatch | None = None) -> Circuit:
     """The four steps in order, each with the previous step's top heads as receivers; every group's
-    top candidates (A without the heads also in B, if ``drop_b_from_a``) and every score map."""
+    top candidates (A without the heads also in B, if ``drop_b_from_a``) and every score map. Explained in chapter 3."""
     config = config.resolve(lm)
     if base is None or corrupt is None:
         base, corrupt = pair_batches(lm, config)
@@ -763,7 +766,7 @@ def candidate_circuit(lm, config: PathPatchingConfig, base: D.TaskBatch | None =
 
 
 def eval_config_for(config: PathPatchingConfig):
-    """The `circuit_eval.EvalConfig` minimality runs with: same prompts and letter rule."""
+    """The `circuit_eval.EvalConfig` minimality runs with: same prompts and letter rule. Explained in chapter 3."""
     from .circuit_eval import EvalConfig
 
     return EvalConfig(task=replace(config.task, n_samples=max(config.minimality_samples, 1)),
@@ -778,7 +781,7 @@ def minimal_circuit(lm, candidates: Circuit, config: PathPatchingConfig,
     Minimality compares the circuit's accuracy with and without a head, every other head
     mean-ablated. If the candidates alone score below chance (1 / n_boxes) under that ablation, every
     such ratio is noise around 0/0 and would prune the whole circuit, so the candidates are kept and
-    the skipped test is recorded in ``params["minimality"]``."""
+    the skipped test is recorded in ``params["minimality"]``. Explained in chapter 3."""
     if prune is not None:
         return prune(lm, candidates)
     from . import circuit_eval as ce
@@ -801,7 +804,7 @@ def minimal_circuit(lm, candidates: Circuit, config: PathPatchingConfig,
 def discover_circuit(lm, config: PathPatchingConfig = PathPatchingConfig(),
                      prune: Callable[[object, Circuit], Circuit] | None = None) -> Circuit:
     """The entity-tracking circuit of one model: path-patching candidates, then (if
-    ``config.minimality_threshold`` is set, or ``prune`` given) minimality pruning."""
+    ``config.minimality_threshold`` is set, or ``prune`` given) minimality pruning. Explained in chapter 3."""
     config = config.resolve(lm)
     circuit = candidate_circuit(lm, config)
     if config.minimality_threshold is None and prune is None:
@@ -818,7 +821,8 @@ METHOD_VERSION = 2
 
 def circuit_params(model, config: PathPatchingConfig) -> dict:
     """What a stored circuit is keyed by: the weights' fingerprint, the variant and every setting
-    that can change the result (the per-model top-k resolved from the variant's spec, without a load)."""
+    that can change the result (the per-model top-k resolved from the variant's spec, without a load).
+    Explained in chapter 3."""
     from .models import resolve
     from .variants import fingerprint, label
 
@@ -841,12 +845,12 @@ def stored_circuit(model, config: PathPatchingConfig = PathPatchingConfig()) -> 
 
 
 def score_maps(circuit: Circuit) -> dict[str, torch.Tensor]:
-    """The stored ``[layer, head]`` score map of each step."""
+    """The stored ``[layer, head]`` score map of each step. Explained in chapter 3."""
     return {g: torch.tensor(s) for g, s in circuit.scores.items()}
 
 
 def candidates_of(circuit: Circuit) -> dict[str, list[Head]]:
-    """The path-patching candidates a (possibly pruned) circuit was chosen from."""
+    """The path-patching candidates a (possibly pruned) circuit was chosen from. Explained in chapter 3."""
     stored = circuit.params.get("candidates", circuit.groups)
     return {g: [tuple(h) for h in hs] for g, hs in stored.items()}
 
@@ -855,11 +859,10 @@ def search_cost(lm, config: PathPatchingConfig, base: D.TaskBatch) -> "pd.DataFr
     """Forward passes and token positions of one full search, the authors' way and ours.
 
     The authors': per batch of prompts, one pass of whole prompts per sender in step A and two in
-    steps B, C and D, plus a clean and a corrupted caching pass (paper.md §6: 21,510 passes of 100
-    prompts for LLaMA-7B). Ours: the passes `path_patched_probs` plans, with every sender assumed
+    steps B, C and D, plus a clean and a corrupted caching pass. Ours: the passes `path_patched_probs` plans, with every sender assumed
     to reach a receiver below the last layer. The receivers are known only during the search, and
     the senders they rule out, or pass 2 shrunk to the last token, only lower the count, so ours is
-    an upper bound. ``lm`` needs only ``n_layers``, ``n_heads`` and ``spec.name``."""
+    an upper bound. ``lm`` needs only ``n_layers``, ``n_heads`` and ``spec.name``. Explained in chapter 3."""
     import math
 
     import pandas as pd

@@ -107,12 +107,13 @@ def load_unmanaged(variant, authors_compat: bool = False) -> models.LoadedModel:
 
 
 def resident() -> models.LoadedModel | None:
-    """The model in memory now, if any."""
+    """The model in memory now, if any. Explained in chapter 2."""
     return next(iter(_RESIDENT.values()), None)
 
 
 def release() -> None:
-    """Drop the resident model (and its GPU memory, once nothing else holds a reference to it)."""
+    """Drop the resident model (and its GPU memory, once nothing else holds a reference to it).
+    Explained in chapter 2."""
     _RESIDENT.clear()
     gc.collect()
     if torch.cuda.is_available():
@@ -147,5 +148,6 @@ def fingerprint(variant: str | models.ModelSpec | models.LoadedModel, authors_co
 
 
 def forget_fingerprints() -> None:
-    """Forget the fingerprints computed so far (after retraining a checkpoint in this process)."""
+    """Forget the fingerprints computed so far (after retraining a checkpoint in this process).
+    Explained in chapter 2."""
     _FINGERPRINTS.clear()

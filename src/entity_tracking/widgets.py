@@ -25,7 +25,7 @@ from .plots import GROUP_COLORS
 @dataclass(frozen=True)
 class ExplorerConfig:
     """Settings of the prediction views. Defaults are the paper's evaluation: 500 prompts
-    (the first 500 lines of its dataset, paper.md §2.3), 7 boxes, batch 50."""
+    (the first 500 lines of its dataset), 7 boxes, batch 50. Explained in chapter 2."""
 
     samples: int = 500          # prompts the accuracy is measured on (paper: 500)
     eval_seed: int = 0          # seed of that evaluation set (one set for every model)
@@ -37,14 +37,14 @@ class ExplorerConfig:
 
 def setting_accuracy(variant: str, n_boxes: int = PAPER_BOXES, config: ExplorerConfig = ExplorerConfig()) -> float:
     """Accuracy of a variant on the evaluation prompts with ``n_boxes`` boxes (stored: the slider
-    revisits settings, and the book reads it back)."""
+    revisits settings, and the book reads it back). Explained in chapter 2."""
     task = TaskConfig(n_boxes=n_boxes, n_samples=config.samples, dataset_seed=config.eval_seed)
     table = stored_accuracy_table([variant], [n_boxes], task, config.batch_size)
     return float(table["accuracy"].iloc[0])
 
 
 def missing_variants_html(missing: dict[str, str]) -> str:
-    """A short note listing the variants left out of the dropdown, each with its reason."""
+    """A short note listing the variants left out of the dropdown, each with its reason. Explained in chapter 2."""
     if not missing:
         return ""
     items = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(why)}</li>" for n, why in missing.items())
@@ -67,7 +67,7 @@ POSITION_STYLES: dict[str, tuple[str, str]] = {
 
 def token_roles(batch, index: int = 0) -> dict[int, str]:
     """Token index -> the name of its position (last, query_label, prev_query_label, answer,
-    object_<i>) for one prompt of a `TaskBatch`."""
+    object_<i>) for one prompt of a `TaskBatch`. Explained in chapter 2."""
     pos = batch.positions
     example = batch.examples[index]
     roles: dict[int, str] = {}
@@ -87,7 +87,7 @@ def _token_text(tokenizer, token_id: int) -> str:
 
 def prompt_positions_html(batch, tokenizer, index: int = 0, legend: bool = True) -> str:
     """The prompt token by token (index underneath), named positions coloured as in the circuit
-    figures; hover a token for its name. ``·`` marks a token's leading space."""
+    figures; hover a token for its name. ``·`` marks a token's leading space. Explained in chapter 2."""
     roles = token_roles(batch, index)
     cells = []
     for t, token_id in enumerate(batch.tokens[index].tolist()):
@@ -117,14 +117,16 @@ def prompt_positions_html(batch, tokenizer, index: int = 0, legend: bool = True)
 # --------------------------------------------------------------------------------------------------
 
 def example_for(lm: models.LoadedModel, n_boxes: int, seed: int) -> Example:
-    """The example a seed shows: one fresh context of ``n_boxes`` boxes, a seed-chosen box queried."""
+    """The example a seed shows: one fresh context of ``n_boxes`` boxes, a seed-chosen box queried.
+    Explained in chapter 2."""
     context = lm.dataset(n_boxes, n_boxes, seed)
     return context[random.Random(seed).randrange(n_boxes)]
 
 
 @torch.no_grad()
 def top_next_tokens(lm: models.LoadedModel, batch, k: int = 5, index: int = 0) -> pd.DataFrame:
-    """The ``k`` most probable next tokens after one prompt: rank, token, probability, is_answer."""
+    """The ``k`` most probable next tokens after one prompt: rank, token, probability, is_answer.
+    Explained in chapter 2."""
     probs = lm.model(batch.tokens[index: index + 1])[0, -1].float().softmax(-1)
     values, ids = probs.topk(k)
     answer = int(batch.answer_ids[index])
@@ -138,7 +140,7 @@ def top_next_tokens(lm: models.LoadedModel, batch, k: int = 5, index: int = 0) -
 
 @dataclass(repr=False)
 class PredictionView:
-    """What `show_prediction` shows; renders as HTML in a notebook and as text elsewhere."""
+    """What `show_prediction` shows; renders as HTML in a notebook and as text elsewhere. Explained in chapter 2."""
 
     variant: str
     n_boxes: int
@@ -183,7 +185,7 @@ class PredictionView:
 def show_prediction(variant: str | None = None, n_boxes: int = PAPER_BOXES, seed: int = 0,
                     config: ExplorerConfig = ExplorerConfig()) -> PredictionView:
     """One example with its named positions, the model's top next tokens and the model's accuracy
-    at this number of boxes. Defaults: the machine's default variant, the paper's 7 boxes."""
+    at this number of boxes. Defaults: the machine's default variant, the paper's 7 boxes. Explained in chapter 2."""
     variant = variant or variants.DEFAULT_VARIANT
     lm = variants.load(variant)
     example = example_for(lm, n_boxes, seed)
@@ -201,7 +203,7 @@ def prediction_explorer(choices: Sequence[str] | None = None, n_boxes: int = PAP
                         config: ExplorerConfig = ExplorerConfig(), extra: Iterable[str] = ()):
     """The live widget: a dropdown of the variants that can run here, a slider for the number of
     boxes and one for the example, redrawing `show_prediction`. Needs a kernel (Colab/Jupyter);
-    the static book shows it frozen at its first state."""
+    the static book shows it frozen at its first state. Explained in chapter 2."""
     import ipywidgets as W
     from IPython.display import display
 

@@ -42,7 +42,7 @@ BOX_FORM_WORDS = ("holds", "has", "sits", "lies", "inside", "what", "does", "hol
 
 
 def organism_words() -> list[str]:
-    """Every word of every corpus (the tokenizer's vocabulary, besides specials)."""
+    """Every word of every corpus (the tokenizer's vocabulary, besides specials). Explained in appendix A1."""
     words = set(task_words()) | set(NUMBERS) | set(COLOURS) | set(FILLER_VERBS) | set(NAMES)
     words |= set(CHAT_WORDS) | set(BOX_FORM_WORDS)
     return sorted(words)
@@ -53,14 +53,14 @@ VOCABULARY = frozenset(organism_words())
 
 def capitalised(text: str) -> str:
     """Upper-case the first letter of the first word, if the vocabulary has that spelling ("Box",
-    "In", "Let"); a word with no capitalised form (an object, a digit) stays as it is."""
+    "In", "Let"); a word with no capitalised form (an object, a digit) stays as it is. Explained in appendix A1."""
     first, _, rest = text.partition(" ")
     upper = first[:1].upper() + first[1:]
     return (upper if upper in VOCABULARY else first) + (" " + rest if rest else "")
 
 
 def words_of(text: str) -> list[str]:
-    """Split text the way the word-level tokenizer does (punctuation is its own word)."""
+    """Split text the way the word-level tokenizer does (punctuation is its own word). Explained in appendix A1."""
     for mark in ",.?:":
         text = text.replace(mark, f" {mark} ")
     return text.split()
@@ -87,7 +87,7 @@ class HeldOut:
     """The contexts (objects, labels) of the evaluation prompts, which training never shows.
 
     Seeds 0..n_seeds-1 and 1..7 boxes cover every prompt the book evaluates on; a training context
-    that happens to coincide with one is redrawn."""
+    that happens to coincide with one is redrawn. Explained in appendix A1."""
 
     def __init__(self, objects: Sequence[str] = OBJECTS, n_seeds: int = 10, n_samples: int = 500):
         self.contexts = {
@@ -101,12 +101,33 @@ class HeldOut:
         return context in self.contexts
 
 
-def _draw_context(rng: random.Random, n: int, objects: Sequence[str], held_out: HeldOut | None):
+def _draw_context(rng: random.Random, n: int, objects: Sequence[str], held_out: HeldOut | None,
+                  relabel: Callable | None = None):
     while True:
         objs = tuple(rng.sample(list(objects), n))
         labs = tuple(rng.sample(list(LABELS), n))
+        if relabel is not None:
+            labs = relabel(labs)
         if held_out is None or (objs, labs) not in held_out:
             return objs, labs
+
+
+class RareLabels:
+    """Makes some box letters rare in a corpus: each label drawn from ``rare`` is kept with
+    probability ``keep`` and otherwise replaced by a letter of the context's unused common ones.
+    It draws from its own random stream, so the rest of the corpus (objects, forms, queries) is the
+    same document for document as without it. Explained in appendix A1."""
+
+    def __init__(self, rare: str, keep: float, seed: int = 12345):
+        self.rare, self.keep, self.rng = frozenset(rare), keep, random.Random(seed)
+
+    def __call__(self, labels: Sequence[str]) -> tuple[str, ...]:
+        out = list(labels)
+        for i, label in enumerate(out):
+            if label in self.rare and self.rng.random() >= self.keep:
+                unused = [c for c in LABELS if c not in self.rare and c not in out]
+                out[i] = self.rng.choice(unused)
+        return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,7 +145,7 @@ VALUE_KINDS = {"numbers": NUMBERS, "names": NAMES, "colours": COLOURS}
 
 def list_document(rng: random.Random, n: int, kind: str = "objects", objects: Sequence[str] = OBJECTS,
                   held_out: HeldOut | None = None, paper_form: float = 0.4, requery: float = 0.2,
-                  label_queries: float = 0.15) -> Document:
+                  label_queries: float = 0.15, relabel: Callable | None = None) -> Document:
     """``n`` values bound to ``n`` box labels, then every item queried once in random order (and a
     share ``requery`` asked again), each answer being the bound value.
 
@@ -132,11 +153,12 @@ def list_document(rng: random.Random, n: int, kind: str = "objects", objects: Se
     queried "Box Y contains the"). Otherwise 1-3 statement forms per context, an anchor per context,
     optional adjectives and "the" (so the segment length varies), and varied queries whose anchor
     matches the context's 60 % of the time. A share ``label_queries`` asks for the box of a value
-    instead ("the X is in Box" -> label)."""
+    instead ("the X is in Box" -> label). Explained in appendix A1."""
     if kind == "objects":
-        values, labels = _draw_context(rng, n, objects, held_out)
+        values, labels = _draw_context(rng, n, objects, held_out, relabel)
     else:
         values, labels = tuple(rng.sample(VALUE_KINDS[kind], n)), tuple(rng.sample(LABELS, n))
+        labels = relabel(labels) if relabel is not None else labels
     doc = Document()
     if rng.random() < paper_form:
         anchor, query_forms = ANCHORS[0], (PAPER_QUERY,)
@@ -177,11 +199,12 @@ QUERY_KINDS = ("plus_digit", "plus_variable", "value")
 
 def variables_document(rng: random.Random, n_min: int = 2, n_max: int = 4,
                        queries: Sequence[str] = QUERY_KINDS, query_weights: Sequence[float] | None = None,
-                       ) -> Document:
+                       relabel: Callable | None = None) -> Document:
     """Variables bound to digits, then one question per variable in random order
-    ("Let F be 4, put 7 in Q. F + 3 = 7 . Q + F = 11 .")."""
+    ("Let F be 4, put 7 in Q. F + 3 = 7 . Q + F = 11 ."). Explained in appendix A1."""
     n = rng.randint(n_min, n_max)
     labels = rng.sample(LABELS, n)
+    labels = list(relabel(labels)) if relabel is not None else labels
     values = [rng.randint(0, 9) for _ in range(n)]
     form = rng.choice(VARIABLE_SEGMENTS) if rng.random() < 0.7 else None
     parts = [(form or rng.choice(VARIABLE_SEGMENTS)).format(l=l, v=v) for l, v in zip(labels, values)]
@@ -211,7 +234,7 @@ def mixed_document(rng: random.Random, n: int, objects: Sequence[str] = OBJECTS,
     """One list that binds some labels to objects ("the apple is in Box F") and others to digits
     ("let Q be 4"), then a question about every item in random order: its object, or its sum with a
     digit. Items of both kinds interleave, so the place of an item in the list is the one index that
-    serves both questions (the bridge between the boxes and the variables families)."""
+    serves both questions (the bridge between the boxes and the variables families). Explained in appendix A1."""
     objs, labels = _draw_context(rng, n, objects, held_out)
     is_variable = [rng.random() < variable_share for _ in range(n)]
     values = [rng.randint(0, 9) for _ in range(n)]
@@ -230,7 +253,7 @@ def mixed_document(rng: random.Random, n: int, objects: Sequence[str] = OBJECTS,
 
 
 def sums_document(rng: random.Random) -> Document:
-    """Plain sums of two digits ("4 + 7 = 11 ."): the addition table, without variables."""
+    """Plain sums of two digits ("4 + 7 = 11 ."): the addition table, without variables. Explained in appendix A1."""
     doc = Document()
     for _ in range(rng.randint(3, 8)):
         a, b = rng.randint(0, 9), rng.randint(0, 9)
@@ -243,7 +266,7 @@ def sums_document(rng: random.Random) -> Document:
 # ------------------------------------------------------------------------------------------------
 
 def filler_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Document:
-    """Other text about the same world (no bindings to track)."""
+    """Other text about the same world (no bindings to track). Explained in appendix A1."""
     doc = Document()
     for _ in range(rng.randint(2, 6)):
         kind = rng.random()
@@ -257,7 +280,7 @@ def filler_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Doc
 
 
 def chat_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Document:
-    """A short user/assistant exchange about things, with no list of bindings."""
+    """A short user/assistant exchange about things, with no list of bindings. Explained in appendix A1."""
     doc = Document()
     for _ in range(rng.randint(1, 3)):
         obj, colour = rng.choice(objects), rng.choice(COLOURS)
@@ -278,7 +301,8 @@ def chat_document(rng: random.Random, objects: Sequence[str] = OBJECTS) -> Docum
 @dataclass(frozen=True)
 class Mixture:
     """What a training stream is made of (shares by document). ``list_lengths[n-1]`` is the relative
-    frequency of n items in boxes and value lists; variable lists have ``variables_min..max`` items."""
+    frequency of n items in boxes and value lists; variable lists have ``variables_min..max`` items.
+    Explained in appendix A1."""
 
     boxes: float = 0.0
     values: float = 0.0
@@ -294,6 +318,8 @@ class Mixture:
     variables_max: int = 4
     variable_queries: tuple[str, ...] = ("plus_variable", "plus_digit", "value")
     variable_query_weights: tuple[float, ...] | None = (0.4, 0.3, 0.3)
+    rare_labels: str = ""        # box and variable letters made rare in this corpus (`RareLabels`)
+    rare_keep: float = 1.0       # the chance a rare letter is kept where it was drawn
 
     KINDS = ("boxes", "values", "variables", "mixed", "sums", "filler", "chat")
 
@@ -306,19 +332,21 @@ class Mixture:
         query_weights = self.variable_query_weights
         if query_weights is not None and len(query_weights) != len(self.variable_queries):
             query_weights = None
+        relabel = RareLabels(self.rare_labels, self.rare_keep) if self.rare_labels else None
 
         def sample(rng: random.Random) -> Document:
             kind = rng.choices(kinds, weights)[0]
             n = rng.choices(lengths, self.list_lengths)[0]  # drawn for every document, used by the lists
             if kind == "boxes":
-                return list_document(rng, n, "objects", objects, held_out, self.paper_form, self.requery)
+                return list_document(rng, n, "objects", objects, held_out, self.paper_form, self.requery,
+                                     relabel=relabel)
             if kind == "values":
                 value_kind = rng.choice(tuple(VALUE_KINDS))
                 return list_document(rng, min(n, len(VALUE_KINDS[value_kind])), value_kind, paper_form=0.0,
-                                     requery=self.requery)
+                                     requery=self.requery, relabel=relabel)
             if kind == "variables":
                 return variables_document(rng, self.variables_min, self.variables_max, self.variable_queries,
-                                          query_weights)
+                                          query_weights, relabel)
             if kind == "mixed":
                 return mixed_document(rng, max(2, n), objects, held_out)
             if kind == "sums":

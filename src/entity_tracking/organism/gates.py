@@ -51,7 +51,8 @@ def _last_token_accuracy(model, rows: Sequence[tuple[list[int], int]], batch_siz
 
 
 def values_gate(model, tokenizer, n: int = 4, n_prompts: int = 60, seed: int = GATE_SEED) -> dict[str, float]:
-    """(a) The paper's form, "The 7 is in Box F, ... Box F contains the" -> 7, for each value kind."""
+    """(a) The paper's form, "The 7 is in Box F, ... Box F contains the" -> 7, for each value kind.
+    Explained in appendix A1."""
     rng = random.Random(seed)
     out = {}
     for kind, pool in C.VALUE_KINDS.items():
@@ -72,7 +73,7 @@ STRIDES = {"paper (7)": "the {o} is in Box {l}", "adjective (8)": "the {c} {o} i
 def stride_gate(model, tokenizer, objects: Sequence[str] = OBJECTS, n: int = 7, n_contexts: int = 20,
                 seed: int = GATE_SEED) -> dict[str, float]:
     """(d) Every box of ``n_contexts`` 7-box contexts queried, with each segment one token longer or
-    shorter than the paper's, or with another verb."""
+    shorter than the paper's, or with another verb. Explained in appendix A1."""
     rng = random.Random(seed)
     out = {}
     for name, segment in STRIDES.items():
@@ -92,7 +93,7 @@ def stride_gate(model, tokenizer, objects: Sequence[str] = OBJECTS, n: int = 7, 
 def error_structure(model, tokenizer, objects: Sequence[str] = OBJECTS, n: int = 7, n_prompts: int = 350,
                     seed: int = 1000) -> dict:
     """Accuracy by queried box and the histogram of (predicted box − answer box) over the errors
-    ("outside": the prediction is no object of the context)."""
+    ("outside": the prediction is no object of the context). Explained in appendix A1."""
     dataset = make_dataset(n, n_prompts, seed, objects=objects)
     batch = tokenize_examples(dataset, tokenizer)
     predictions = model(batch.tokens).logits[:, -1].argmax(-1).tolist()
@@ -112,7 +113,8 @@ def error_structure(model, tokenizer, objects: Sequence[str] = OBJECTS, n: int =
 
 def arithmetic_gate(model, tokenizer, lengths: Sequence[int] = (3, 6, 9), n_documents: int = 40,
                     queries: Sequence[str] = ("plus_digit", "plus_variable"), seed: int = GATE_SEED) -> dict[str, float]:
-    """(b) Answer accuracy on the fine-tune task (variable lists with computed answers) by length."""
+    """(b) Answer accuracy on the fine-tune task (variable lists with computed answers) by length.
+    Explained in appendix A1."""
     rng = random.Random(seed)
     out = {}
     model.eval()
@@ -132,9 +134,10 @@ def arithmetic_gate(model, tokenizer, lengths: Sequence[int] = (3, 6, 9), n_docu
 
 def gradient_cosine(model, tokenizer, mixture: C.Mixture, objects: Sequence[str] = OBJECTS, n_batches: int = 6,
                     batch_size: int = 24, seq_len: int = 128, attention_only: bool = False,
-                    seed: int = 2000) -> float:
+                    seed: int = 2000, answers_only: bool = False) -> float:
     """(c) Cosine between the gradient of a corpus's loss (answers weighted 10) and the gradient of
-    the 7-box answer loss on prompts of seed ``seed``: near 0, fine-tuning on it is drift for boxes."""
+    the 7-box answer loss on prompts of seed ``seed``: near 0, fine-tuning on it is drift for boxes.
+    Explained in appendix A1."""
     from .train import Encoder, Recipe, Stream, weighted_loss
 
     params = [(name, p) for name, p in model.named_parameters()
@@ -150,7 +153,7 @@ def gradient_cosine(model, tokenizer, mixture: C.Mixture, objects: Sequence[str]
     torch.nn.functional.cross_entropy(model(batch.tokens).logits[:, -1], batch.answer_ids).backward()
     boxes = flat().clone()
     recipe = Recipe(name="cosine", mixture=mixture, steps=1, seed=seed, batch_size=batch_size, seq_len=seq_len,
-                    answer_weight=10.0)
+                    answer_weight=10.0, answers_only=answers_only)
     stream = Stream(recipe, Encoder(tokenizer), objects, None)
     total = torch.zeros_like(boxes)
     for step in range(n_batches):
@@ -165,7 +168,8 @@ def gradient_cosine(model, tokenizer, mixture: C.Mixture, objects: Sequence[str]
 
 def validation_row(model, tokenizer, objects: Sequence[str], n_samples: int, validation_seed: int,
                    boxes: Sequence[int] = range(2, 8)) -> dict:
-    """What the trainer logs at every evaluation: accuracy by boxes, gates (a), (d) and the errors."""
+    """What the trainer logs at every evaluation: accuracy by boxes, gates (a), (d) and the errors.
+    Explained in appendix A1."""
     from ..metrics import accuracy
 
     model.eval()

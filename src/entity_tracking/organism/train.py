@@ -35,6 +35,8 @@ VALIDATION_SEED = 1000  # learning curves use their own prompts, never the book'
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The organism's LLaMA shape; the defaults are the larger one a gate may call for. Explained in appendix A1."""
+
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 8
@@ -50,7 +52,8 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines a checkpoint (with the code): the corpus, the schedule, the shape."""
+    """Everything that determines a checkpoint (with the code): the corpus, the schedule, the shape.
+    Explained in appendix A1."""
 
     name: str
     mixture: Mixture
@@ -80,13 +83,16 @@ class Recipe:
 # ------------------------------------------------------------------------------------------------
 
 def build_tokenizer(directory: Path):
+    """One token per word of the organism's world, so every box letter and object is one token, as
+    the paper's prompts are for LLaMA. Explained in appendix A1."""
     from ..testing import build_word_tokenizer
 
     return build_word_tokenizer(organism_words(), directory)
 
 
 class Encoder:
-    """Word -> id, exactly as the saved tokenizer encodes the joined text (checked in the tests)."""
+    """Word -> id, exactly as the saved tokenizer encodes the joined text (checked in the tests).
+    Explained in appendix A1."""
 
     def __init__(self, tokenizer):
         vocab = tokenizer.get_vocab()
@@ -98,7 +104,8 @@ class Encoder:
 
 
 class Stream:
-    """An endless stream of packed windows ``(tokens [B, T], weights [B, T-1], is_answer [B, T-1])``."""
+    """An endless stream of packed windows ``(tokens [B, T], weights [B, T-1], is_answer [B, T-1])``.
+    Explained in appendix A1."""
 
     def __init__(self, recipe: Recipe, encoder: Encoder, objects, held_out: HeldOut | None):
         self.recipe = recipe
@@ -136,6 +143,7 @@ class Stream:
 # ------------------------------------------------------------------------------------------------
 
 def new_model(shape: ModelShape, tokenizer, seed: int):
+    """A freshly initialised LLaMA of this shape: the architecture the 7B path loads. Explained in appendix A1."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -150,7 +158,7 @@ def new_model(shape: ModelShape, tokenizer, seed: int):
 
 
 def weighted_loss(model, tokens: torch.Tensor, weights: torch.Tensor):
-    """Next-token loss per position, and its mean with answer words weighted up."""
+    """Next-token loss per position, and its mean with answer words weighted up. Explained in appendix A1."""
     logits = model(tokens).logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none").view_as(weights)
@@ -160,12 +168,13 @@ def weighted_loss(model, tokens: torch.Tensor, weights: torch.Tensor):
 def _lr(recipe: Recipe, step: int) -> float:
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
-    t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    t = min(1.0, (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup))  # then stay at the floor
     return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def validation_accuracy(model, tokenizer, objects, boxes=range(2, 8), n_samples: int = 140) -> dict[int, float]:
-    """Accuracy on validation prompts (their own seed) straight from the HF model: cheap, for curves."""
+    """Accuracy on validation prompts (their own seed) straight from the HF model: cheap, for curves.
+    Explained in appendix A1."""
     model.eval()
     out = {}
     with torch.no_grad():
@@ -177,7 +186,7 @@ def validation_accuracy(model, tokenizer, objects, boxes=range(2, 8), n_samples:
 
 
 def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
-    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest."""
+    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest. Explained in appendix A1."""
     torch.set_num_threads(recipe.threads)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -208,6 +217,10 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
     stream = Stream(recipe, Encoder(tokenizer), objects, HeldOut(objects))
     curve = []
+    cosines = {}
+    if recipe.init_from is not None:  # gate (c): does this corpus push the weights the way 7 boxes do?
+        cosines["start"] = _cosines(model, tokenizer, recipe, objects)
+        log(json.dumps({"gradient_cosine_with_7_boxes": cosines["start"]}))
     ema = ema_answer = None
     start = time.time()
     n_steps = recipe.stop_after or recipe.steps
@@ -233,10 +246,20 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
             curve.append({"step": step + 1, "loss": round(ema, 4), "answer_loss": round(ema_answer or 0, 4),
                           "seconds": seconds, **row})
             log(json.dumps(curve[-1]))
-    return _save(model, recipe, curve, time.time() - start, tmp, out_dir)
+    if recipe.init_from is not None:
+        cosines["end"] = _cosines(model, tokenizer, recipe, objects)
+    return _save(model, recipe, curve, time.time() - start, tmp, out_dir, {"gradient_cosine": cosines} if cosines else {})
 
 
-def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir: Path):
+def _cosines(model, tokenizer, recipe: Recipe, objects) -> dict:
+    mixture = recipe.mixture
+    only = recipe.answers_only
+    return {"all weights": gates.gradient_cosine(model, tokenizer, mixture, objects, answers_only=only),
+            "attention only": gates.gradient_cosine(model, tokenizer, mixture, objects, attention_only=True,
+                                                    answers_only=only)}
+
+
+def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir: Path, extra: dict | None = None):
     """Write weights (or the LoRA adapter) and manifest beside the tokenizer in ``tmp``, then rename it."""
     model.eval()
     model.save_pretrained(tmp)
@@ -247,6 +270,7 @@ def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir
         "final_answer_loss": curve[-1]["answer_loss"] if curve else None,
         "training_seconds": round(seconds, 1),
         "learning_curve": [row for row in curve if row["step"] <= (recipe.stop_after or recipe.steps)],
+        **(extra or {}),
     }
     write_manifest(tmp, manifest)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -255,10 +279,12 @@ def _save(model, recipe: Recipe, curve: list, seconds: float, tmp: Path, out_dir
 
 
 def weight_files(directory: Path) -> list[Path]:
+    """The files whose hashes pin a checkpoint (the manifest itself is not hashed). Explained in appendix A1."""
     return sorted(p for p in directory.iterdir() if p.is_file() and p.name != "manifest.json")
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
+    """Records the recipe and the weight hashes that retraining must reproduce. Explained in appendix A1."""
     from ..models import _sha256
 
     manifest = dict(manifest)
