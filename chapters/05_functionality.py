@@ -388,12 +388,12 @@ if additional:
 #
 # `authors_compat=True` rebuilds the data the authors' way (and reads the structure readers' source
 # at the base's index, W3). Same heads as above (the corrected DCM's), same draws, only the data
-# differs (two `dcm.stored_patching_check` runs, `functionality_views.authors_compat_frame`); cells
+# differs (`dcm.stored_authors_compat`); cells
 # are corrected | authors':
 
 # %%
 if compare_authors:
-    compat = views.authors_compat_frame(base, dcm_heads, check_config)
+    compat = dcm.stored_authors_compat(base, dcm_heads, check_config)
     display(views.compat_table(compat))
 
 # %% [markdown]

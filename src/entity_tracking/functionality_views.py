@@ -373,26 +373,6 @@ def positional_baseline(frame: pd.DataFrame, model: str, group: str = "position_
     return float(hit["accuracy"].iloc[0]) if len(hit) else 0.0
 
 
-def authors_compat_frame(model, heads, config) -> pd.DataFrame:
-    """The same head sets patched with the corrected data and with the authors' (B1, B2, W3), plus
-    the unpatched floors (group ``"none (floor)"``): one tidy row per data x group x desideratum x
-    draw, from two `dcm.stored_patching_check` runs. What `dcm.stored_authors_compat` is meant to
-    return; that function keys the floors by ``("value_fetcher", desideratum)``, which collides with
-    the value fetchers' own head sets. Explained in chapter 5."""
-    from dataclasses import replace
-
-    from .dcm import stored_patching_check
-
-    floors = {("value_fetcher", d): [] for d in D.DESIDERATA}
-    frames = []
-    for compat in (False, True):
-        cfg = replace(config, task=replace(config.task, authors_compat=compat))
-        frame = stored_patching_check(model, {"sets": dict(heads), "none (floor)": floors}, cfg)
-        frame.loc[frame["circuit"] == "none (floor)", "group"] = "none (floor)"
-        frames.append(frame.assign(data="authors (B1, B2, W3)" if compat else "corrected"))
-    return pd.concat(frames, ignore_index=True)[["group", "desideratum", "draw", "accuracy", "data"]]
-
-
 def model_shape(circuit: Circuit) -> tuple[int, int] | None:
     """(layers, heads per layer) of the model a circuit was found in, read off its stored score
     maps, so a chapter can state the model's size without loading it (None without maps).
