@@ -74,55 +74,64 @@ def reproduction_checks(setup: ClaimsSetup = ClaimsSetup(), keys: Sequence[str] 
     base_acc = t1.loc[name[setup.base], "full_model"]
     rows = []
 
-    rows.append(_accuracy_row({v: t1.loc[name[v], "full_model"] for v in variants}, setup, noise))
-    faith = {v: t1.loc[name[v], "faithfulness"] for v in variants}
-    rows.append({"key": "faithful", "claim": "the base model's circuit alone is faithful in every model",
-                 "paper": "faithfulness 0.88–1.00 in the four 7B models",
-                 "organism": _yes(all(f >= 0.8 for f in faith.values())),
-                 "numbers": ", ".join(f"{name[v]} {f:.2f}" for v, f in faith.items())})
-    inside = {v: t1.loc[name[v], "circuit"] for v in setup.arithmetic}
-    rows.append({"key": "beats_base", "claim": "the base circuit inside the arithmetic fine-tunes beats the whole base model",
-                 "paper": "0.73 / 0.72 inside Goat / FLoat vs 0.66",
-                 "organism": _yes(all(a > base_acc + noise for a in inside.values())),
-                 "numbers": ", ".join(f"inside {name[v]} {a:.2f}" for v, a in inside.items()) + f" vs {base_acc:.2f}"})
+    if "accuracy" in keys:
+        rows.append(_accuracy_row({v: t1.loc[name[v], "full_model"] for v in variants}, setup, noise))
+    if "faithful" in keys:
+        faith = {v: t1.loc[name[v], "faithfulness"] for v in variants}
+        rows.append({"key": "faithful", "claim": "the base model's circuit alone is faithful in every model",
+                     "paper": "faithfulness 0.88–1.00 in the four 7B models",
+                     "organism": _yes(all(f >= 0.8 for f in faith.values())),
+                     "numbers": ", ".join(f"{name[v]} {f:.2f}" for v, f in faith.items())})
+    if "beats_base" in keys:
+        inside = {v: t1.loc[name[v], "circuit"] for v in setup.arithmetic}
+        rows.append({"key": "beats_base",
+                     "claim": "the base circuit inside the arithmetic fine-tunes beats the whole base model",
+                     "paper": "0.73 / 0.72 inside Goat / FLoat vs 0.66",
+                     "organism": _yes(all(a > base_acc + noise for a in inside.values())),
+                     "numbers": ", ".join(f"inside {name[v]} {a:.2f}" for v, a in inside.items())
+                     + f" vs {base_acc:.2f}"})
 
-    summary, _ = dcm.stored_circuit_dcm(setup.base, base_circuit, dc)
-    heads = {name[setup.base]: dcm.heads_of(summary)}
-    named = {"value_fetcher": "object_value", "position_transmitter": "positional", "position_detector": "positional",
-             "structure_reader": "positional"}
-    sem = {}
-    for v in variants:
-        frame = dcm.stored_patching_check(v, heads, ch)
-        frame = frame[frame["desideratum"] == frame["group"].map(named)]
-        sem[v] = frame.groupby("group")["accuracy"].mean().to_dict()
+    if "functionality" in keys:
+        summary, _ = dcm.stored_circuit_dcm(setup.base, base_circuit, dc)
+        heads = {name[setup.base]: dcm.heads_of(summary)}
+        named = {"value_fetcher": "object_value", "position_transmitter": "positional",
+                 "position_detector": "positional", "structure_reader": "positional"}
+        sem = {}
+        for v in variants:
+            frame = dcm.stored_patching_check(v, heads, ch)
+            frame = frame[frame["desideratum"] == frame["group"].map(named)]
+            sem[v] = frame.groupby("group")["accuracy"].mean().to_dict()
 
-    def semantics_hold(s):
-        return (s.get("value_fetcher", 0) > noise and
-                min(s.get("position_transmitter", 0), s.get("position_detector", 0)) > s.get("structure_reader", 0) + noise)
+        def semantics_hold(s):
+            return (s.get("value_fetcher", 0) > noise and
+                    min(s.get("position_transmitter", 0), s.get("position_detector", 0))
+                    > s.get("structure_reader", 0) + noise)
 
-    rows.append({"key": "functionality", "claim": "in every model A carries the object, B and C the position",
-                 "paper": "A object 0.46–0.66; B and C position 0.35–0.55; D at the 0.13 floor",
-                 "organism": _yes(all(semantics_hold(sem[v]) for v in variants)),
-                 "numbers": "; ".join(f"{name[v]}: " + " ".join(f"{GROUP_LETTERS[g]} {sem[v].get(g, 0):.2f}" for g in named)
-                                      for v in variants)})
+        rows.append({"key": "functionality", "claim": "in every model A carries the object, B and C the position",
+                     "paper": "A object 0.46–0.66; B and C position 0.35–0.55; D at the 0.13 floor",
+                     "organism": _yes(all(semantics_hold(sem[v]) for v in variants)),
+                     "numbers": "; ".join(f"{name[v]}: " + " ".join(f"{GROUP_LETTERS[g]} {sem[v].get(g, 0):.2f}"
+                                                                    for g in named) for v in variants)})
 
-    parts, ok = [], True
-    for v in setup.arithmetic:
-        result = cmap.stored_cmap(v, setup.base, cmap.finetuned_head_sets(v, pp, dc), cm)
-        shares = cmap_shares(result["table"], result["target_accuracy"], result["source_accuracy"], noise)
-        if shares is None:
-            ok = False
-            parts.append(f"{name[v]}: no gain to locate ({result['source_accuracy'] - result['target_accuracy']:+.2f})")
-            continue
-        ok &= max(shares["value_fetcher"], shares["position_transmitter"]) >= 0.5
-        ok &= max(shares["position_detector"], shares["structure_reader"]) < 0.5
-        parts.append(f"{name[v]}: " + ", ".join(f"{GROUP_LETTERS[g]} {shares[g]:.0%}" for g in GROUP_LETTERS))
-    rows.append({"key": "cmap", "claim": "CMAP: the gain comes from A or B (≥ 50 % of it), not from C or D",
-                 "paper": "B or A recovers most of Goat's and FLoat's gap; C and D little",
-                 "organism": _yes(ok), "numbers": "; ".join(parts)})
-    out = pd.DataFrame(rows)
+    if "cmap" in keys:
+        parts, ok = [], True
+        for v in setup.arithmetic:
+            result = cmap.stored_cmap(v, setup.base, cmap.finetuned_head_sets(v, pp, dc), cm)
+            shares = cmap_shares(result["table"], result["target_accuracy"], result["source_accuracy"], noise)
+            if shares is None:
+                ok = False
+                gap = result["source_accuracy"] - result["target_accuracy"]
+                parts.append(f"{name[v]}: no gain to locate ({gap:+.2f})")
+                continue
+            ok &= max(shares["value_fetcher"], shares["position_transmitter"]) >= 0.5
+            ok &= max(shares["position_detector"], shares["structure_reader"]) < 0.5
+            parts.append(f"{name[v]}: " + ", ".join(f"{GROUP_LETTERS[g]} {shares[g]:.0%}" for g in GROUP_LETTERS))
+        rows.append({"key": "cmap", "claim": "CMAP: the gain comes from A or B (≥ 50 % of it), not from C or D",
+                     "paper": "B or A recovers most of Goat's and FLoat's gap; C and D little",
+                     "organism": _yes(ok), "numbers": "; ".join(parts)})
+    out = pd.DataFrame(rows, columns=["key", "claim", "paper", "organism", "numbers"])
     out.insert(2, "chapter", out["key"].map(CLAIM_CHAPTERS))
-    return out[out["key"].isin(keys)].reset_index(drop=True)
+    return out
 
 
 def _accuracy_row(accuracy: dict, setup: ClaimsSetup, noise: float) -> dict:
