@@ -54,7 +54,7 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 
 # %% tags=["parameters"]
 base = "organism-base"                                              # the paper: "llama-7b"
-finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # the paper: the three 7B fine-tunes
+finetuned = ["organism-vicuna", "organism-goat", "organism-float"]  # the paper: the 7B fine-tunes
 
 # %% tags=["hide-input"]
 import pandas as pd
@@ -83,9 +83,11 @@ table1 = ref.table1()
 paper_accuracy = table1.melt(id_vars="model", value_vars=["full_model", "llama_circuit"],
                              var_name="measure", value_name="accuracy")
 display(plots.grouped_bar_chart(paper_accuracy, x="measure", y="accuracy", color="model",
-                                title="The paper's Table 1 (7B models, 7 boxes)", y_title="accuracy (paper)",
+                                title="The paper's Table 1 (7B models, 7 boxes)",
+                                y_title="accuracy (paper)",
                                 y_domain=[0, 1]))
-print("the paper's numbers, read from the authors' repository github.com/Nix07/finetuning:", ref.provenance("table1"))
+print("the paper's numbers, read from the authors' repository github.com/Nix07/finetuning:",
+      ref.provenance("table1"))
 
 # %% [markdown]
 # Two things stand out, and the book tests both. The arithmetic fine-tunes gain about 16 points
@@ -93,8 +95,10 @@ print("the paper's numbers, read from the authors' repository github.com/Nix07/f
 # than the whole of LLaMA-7B.
 
 # %% tags=["hide-input"]
-gain = table1.set_index("model")["full_model"] - table1.set_index("model").loc["llama-7b", "full_model"]
-print("paper, gain in accuracy over LLaMA-7B:", ", ".join(f"{m} {g:+.2f}" for m, g in gain.items() if m != "llama-7b"))
+full = table1.set_index("model")["full_model"]
+gain = full - full["llama-7b"]
+print("paper, gain in accuracy over LLaMA-7B:",
+      ", ".join(f"{m} {g:+.2f}" for m, g in gain.items() if m != "llama-7b"))
 
 # %% [markdown]
 # ## Three findings this book tests
@@ -161,10 +165,11 @@ registry = pd.DataFrame([
         "variant": spec.name,
         "scale": spec.scale,
         "stands for": spec.analog_of or "",
-        "weights": spec.weights.split("/checkpoints/")[-1] if spec.scale == "organism" else spec.weights,
+        "weights": (spec.weights.split("/checkpoints/")[-1] if spec.scale == "organism"
+                    else spec.weights),
         "needs GPU": "yes" if spec.needs_gpu else "no",
-        "weights in memory": f"{_memory(spec.memory_gb())} {spec.dtype}",
-        "paper accuracy, 7 boxes": "" if spec.paper_accuracy is None else f"{spec.paper_accuracy:.2f}",
+        "memory": f"{_memory(spec.memory_gb())} {spec.dtype}",
+        "paper, 7 boxes": "" if spec.paper_accuracy is None else f"{spec.paper_accuracy:.2f}",
         "runs here": "yes" if availability[spec.name] is None else "no",
     }
     for spec in models.REGISTRY.values()

@@ -54,7 +54,7 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # accuracy by about 0.01), and their results are stored under `results/`, so the run happens once.
 
 # %% tags=["parameters"]
-model = "organism"            # "organism": the four CPU variants; "7b": the paper's four (GPU); or one name
+model = "organism"            # "organism": the four CPU variants; "7b": the paper's four; or a name
 n_boxes = [2, 3, 4, 5, 6, 7]  # numbers of boxes to measure (the paper: 7 only)
 n_samples = 500               # prompts per setting (the paper: the first 500 lines of its dataset)
 dataset_seed = 0              # seed of the generated prompts (every chapter uses 0)
@@ -122,7 +122,8 @@ display(HTML(widgets.prompt_positions_html(batch, lm.tokenizer)))
 named = {name: int(batch.positions[name][0]) for name in data.POSITION_NAMES}
 named["answer object"] = int(batch.positions["object"][0, example.objects.index(example.answer)])
 pd.DataFrame({"position": list(named), "token index": list(named.values()),
-              "token": [lm.tokenizer.decode([int(batch.tokens[0, t])]).strip() for t in named.values()]})
+              "token": [lm.tokenizer.decode([int(batch.tokens[0, t])]).strip()
+                        for t in named.values()]})
 
 # %% [markdown]
 # ## How an answer is scored
@@ -169,7 +170,7 @@ by_boxes = ours.pivot(index="model", columns="boxes", values="accuracy")
 lo, hi = min(n_boxes), max(n_boxes)
 display(Markdown("\n".join(
     f"* {m}: {by_boxes.loc[m, lo]:.2f} at {lo} boxes, {by_boxes.loc[m, hi]:.2f} at {hi} boxes "
-    f"(chance {1 / hi:.2f}; {by_boxes.loc[m, hi] / (1 / hi):.1f}× chance)" for m in by_boxes.index)))
+    f"(chance {1 / hi:.2f}; {by_boxes.loc[m, hi] * hi:.1f}× chance)" for m in by_boxes.index)))
 
 # %% [markdown]
 # The same numbers as a table, with the paper's Table 1 accuracy of the model each variant stands
@@ -211,5 +212,6 @@ widgets.show_prediction(names[0], n_boxes=data.PAPER_BOXES, seed=dataset_seed,
 # %% tags=["nbval-ignore-output", "hide-input"]
 # Ignored by nbval: widget state and Output-widget messages differ between runs.
 widgets.prediction_explorer(names, n_boxes=data.PAPER_BOXES, seed=dataset_seed,
-                            config=widgets.ExplorerConfig(samples=n_samples, eval_seed=dataset_seed),
+                            config=widgets.ExplorerConfig(samples=n_samples,
+                                                          eval_seed=dataset_seed),
                             extra=[v for v in names if v not in variants.models.REGISTRY])

@@ -70,6 +70,7 @@ from IPython.display import Markdown, display
 
 from entity_tracking import models, plots, variants
 from entity_tracking import paper_reference as ref
+from entity_tracking.circuit import GROUP_LETTERS
 from entity_tracking.organism import corpus
 from entity_tracking.organism.recipes import RECIPES, variant_dir
 
@@ -88,7 +89,8 @@ n_params = sum(p.numel() for p in variants.load("organism-base").model.original_
 pd.Series({
     "architecture": config["architectures"][0],
     "layers x heads": f'{config["num_hidden_layers"]} x {config["num_attention_heads"]}',
-    "d_model / d_head": f'{config["hidden_size"]} / {config["hidden_size"] // config["num_attention_heads"]}',
+    "d_model / d_head": (f'{config["hidden_size"]} / '
+                         f'{config["hidden_size"] // config["num_attention_heads"]}'),
     "MLP width": config["intermediate_size"],
     "vocabulary (one token per word)": config["vocab_size"],
     "parameters": f"{n_params:,}",
@@ -124,7 +126,8 @@ samples = {
     "base: boxes (paper form)": corpus.list_document(rng, 3, paper_form=1.0),
     "base: boxes (another form)": corpus.list_document(rng, 3, paper_form=0.0),
     "base: other text": corpus.filler_document(rng),
-    "goat / float: arithmetic": corpus.variables_document(rng, 5, 6, queries=("plus_digit", "plus_variable")),
+    "goat / float: arithmetic": corpus.variables_document(rng, 5, 6,
+                                                          queries=("plus_digit", "plus_variable")),
     "vicuna: conversation": corpus.chat_document(rng),
 }
 pd.DataFrame({"corpus": list(samples), "document (answers in [brackets])": [
@@ -158,7 +161,8 @@ pd.DataFrame([recipe_row(name) for name in VARIANTS.values()]).set_index("varian
 
 # %%
 MEASURES = {"acc_2": "accuracy, 2 boxes", "acc_7": "accuracy, 7 boxes"}
-curves = pd.concat([pd.DataFrame(m["learning_curve"]).assign(model=name) for name, m in manifests.items()])
+curves = pd.concat([pd.DataFrame(m["learning_curve"]).assign(model=name)
+                    for name, m in manifests.items()])
 long = curves.melt(id_vars=["model", "step"], value_vars=list(MEASURES), var_name="measure")
 long["measure"] = long["measure"].map(MEASURES)
 alt.Chart(long, title="Validation accuracy while training").mark_line(point=True).encode(
@@ -190,7 +194,8 @@ for name in table.index[1:]:
     gain = table.loc[name, "7"] - base7
     paper_gain = compact.loc[name, "paper, 7 boxes"] - paper["llama-7b"]
     lines.append(f"* {name}: {gain:+.2f} at 7 boxes over the base "
-                 f"(the paper's {compact.loc[name, 'stands for']}: {paper_gain:+.2f} over LLaMA-7B)")
+                 f"(the paper's {compact.loc[name, 'stands for']}: "
+                 f"{paper_gain:+.2f} over LLaMA-7B)")
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -204,9 +209,9 @@ display(Markdown("\n".join(lines)))
 def gate_row(name):
     g = manifests[name].get("gates", {}).get("circuit (validation prompts)", {})
     groups = g.get("groups", {})
-    return {"variant": name, **{f"{letter} heads": len(groups.get(group, []))
-                                for group, letter in (("value_fetcher", "A"), ("position_transmitter", "B"),
-                                                      ("position_detector", "C"), ("structure_reader", "D"))},
+    return {"variant": name,
+            **{f"{letter} heads": len(groups.get(group, []))
+               for group, letter in GROUP_LETTERS.items()},
             "faithfulness": g.get("faithfulness"), "random circuits": g.get("random_faithfulness")}
 
 
