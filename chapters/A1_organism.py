@@ -60,7 +60,7 @@ DEFAULT_VARIANT = default_variant()  # "llama-7b" on a big enough CUDA GPU, else
 # %% tags=["parameters"]
 dataset_seed = 0   # seed of the corpus samples shown below (training seeds are part of each recipe)
 
-# %%
+# %% tags=["hide-input"]
 import json
 import random
 
@@ -83,7 +83,7 @@ manifests = {name: json.loads((variant_dir(short) / "manifest.json").read_text()
 #
 # One shape for every variant (the fine-tunes start from the base's weights):
 
-# %%
+# %% tags=["hide-input"]
 config = json.loads((variant_dir("base") / "config.json").read_text())
 n_params = sum(p.numel() for p in variants.load("organism-base").model.original_model.parameters())
 pd.Series({
@@ -142,7 +142,7 @@ pd.DataFrame({"corpus": list(samples), "document (answers in [brackets])": [
 # deterministic on CPU with one thread, and the tests check the weights' hashes. The base sits at
 # chance for about 6,000 steps, then learns the lookup: the plateau small transformers are known for.
 
-# %%
+# %% tags=["hide-input"]
 def recipe_row(name):
     r = RECIPES[name]
     shares = {k: getattr(r.mixture, k) for k in corpus.Mixture.KINDS if getattr(r.mixture, k)}
@@ -159,7 +159,7 @@ pd.DataFrame([recipe_row(name) for name in VARIANTS.values()]).set_index("varian
 # Learning curves, recorded during training on validation prompts with their own seed (never the
 # book's evaluation prompts):
 
-# %%
+# %% tags=["hide-input"]
 MEASURES = {"acc_2": "accuracy, 2 boxes", "acc_7": "accuracy, 7 boxes"}
 curves = pd.concat([pd.DataFrame(m["learning_curve"]).assign(model=name)
                     for name, m in manifests.items()])
@@ -178,7 +178,7 @@ alt.Chart(long, title="Validation accuracy while training").mark_line(point=True
 # Accuracy on the book's evaluation prompts (seed 0, 500 per number of boxes), recorded in each
 # variant's manifest when it was trained and re-checked exactly by the tests.
 
-# %%
+# %% tags=["hide-input"]
 table = pd.DataFrame({name: m["accuracy"]["boxes"] for name, m in manifests.items()}).T
 paper = ref.table1().set_index("model")["full_model"]
 compact = pd.DataFrame({
@@ -205,7 +205,7 @@ display(Markdown("\n".join(lines)))
 # with every run in `notes/organism-log.md`): among them chapter 3's path patching, whose circuit is
 # then run alone under the paper's mean ablation (chapter 4) beside random circuits of its shape.
 
-# %%
+# %% tags=["hide-input"]
 def gate_row(name):
     g = manifests[name].get("gates", {}).get("circuit (validation prompts)", {})
     groups = g.get("groups", {})
@@ -243,3 +243,4 @@ pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant")
 # python -m entity_tracking.organism train --variant base
 # python -m entity_tracking.organism train --variant goat   # also: float, vicuna
 # ```
+
