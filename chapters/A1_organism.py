@@ -243,4 +243,3 @@ pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant")
 # python -m entity_tracking.organism train --variant base
 # python -m entity_tracking.organism train --variant goat   # also: float, vicuna
 # ```
-
