@@ -60,3 +60,27 @@ def test_experiment_commands_reject_bad_box_counts_clearly(tiny_dir):
     for command in ("circuit", "faithfulness", "knockout"):
         out = run_cli(command, "--model", str(tiny_dir), "--boxes", "50")
         assert out.returncode == 2 and "from 1 to 26" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_dcm_prints_one_row_per_group_and_desideratum(tiny_dir):
+    out = run_cli("dcm", "--model", str(tiny_dir), "--boxes", "3", "--samples", "40", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows and {r["group"] for r in rows} <= GROUPS
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 and isinstance(r["heads"], list) for r in rows)
+
+
+def test_cmap_of_a_model_into_itself_leaves_every_row_at_its_accuracy(tiny_dir):
+    out = run_cli("cmap", "--source", str(tiny_dir), "--target", str(tiny_dir), "--boxes", "3", "--samples", "12",
+                  "--seed", "1", "--selection", "circuit")
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["source_accuracy"] == row["target_accuracy"]
+    assert all(abs(acc - row["target_accuracy"]) < 1e-9 for acc in row["rows"].values()), row
+
+
+def test_knockout_prints_one_curve_per_edge(tiny_dir):
+    out = run_cli("knockout", "--model", str(tiny_dir), "--boxes", "3", "--samples", "12", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["curves"] and all(all(0.0 <= a <= 1.0 for a in c.values()) for c in row["curves"].values())

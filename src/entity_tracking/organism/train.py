@@ -63,6 +63,7 @@ class Recipe:
     init_from: str | None = None          # variant directory to fine-tune (None: train from scratch)
     lora_rank: int | None = None          # train a LoRA adapter instead of every weight
     lora_alpha: int | None = None
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # Goat's: all four projections
     shape: ModelShape = ModelShape()
     batch_size: int = 32
     seq_len: int = 128
@@ -211,7 +212,7 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
 
         model = get_peft_model(model, LoraConfig(
             r=recipe.lora_rank, lora_alpha=recipe.lora_alpha or recipe.lora_rank, lora_dropout=0.0, bias="none",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+            target_modules=list(recipe.lora_targets)))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
