@@ -316,3 +316,49 @@ def test_stored_dcm_runs_are_read_back_instead_of_retrained(tiny, tmp_path, monk
     pd.testing.assert_frame_equal(history, again_history)
     assert dcm.heads_of(again) == {(g, "positional"): h for g, h in
                                    zip(summary["group"], [[tuple(x) for x in hs] for hs in summary["heads"]])}
+
+
+def _with_prefix(model, data):
+    return replace(data, prefix=P.record_prefix(model, data.tokens))
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_runs_from_the_patched_token_on_give_the_full_runs_logits_and_mask_gradients(tiny, pairs, group):
+    heads = [(0, 1), (0, 3), (1, 0), (1, 2)]
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, group)
+    fast = _with_prefix(tiny.model, data)
+    assert dcm._first_patched([dcm.Blend(heads, torch.ones(4), fast)]) == int(data.base_index[data.base_index >= 0].min())
+    results = []
+    for d in (data, fast):
+        mask = torch.tensor([0.2, 0.9, 0.5, 0.0], requires_grad=True)
+        logits = dcm.blended_logits(tiny.model, [dcm.Blend(heads, mask, d)])
+        last = P.last_logits(logits)
+        dcm.target_logits(logits, d.targets).sum().backward()
+        results.append((last.detach(), mask.grad.clone()))
+    (full, g_full), (ours, g_ours) = results
+    assert torch.allclose(ours, full, atol=1e-5) and torch.allclose(g_ours, g_full, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_blend_without_heads_before_a_patched_one_leaves_its_rows_alone(tiny, pairs):
+    heads = [(0, 1), (1, 2)]
+    data = dcm.prepare_patch_data(tiny.model, pairs, heads, "position_transmitter")
+    for d in (data, _with_prefix(tiny.model, data)):
+        floor = dcm.Blend([], torch.zeros(0), d)
+        patched = dcm.Blend(heads, torch.zeros(2), d)
+        alone = P.last_logits(dcm.blended_logits(tiny.model, [patched]))
+        both = P.last_logits(dcm.blended_logits(tiny.model, [floor, patched]))
+        assert torch.allclose(both[len(d):], alone, atol=1e-5)
+        assert torch.allclose(both[:len(d)], P.last_logits(tiny.model(d.tokens)), atol=1e-5)
+
+
+def test_jobs_sharing_one_recording_train_the_masks_of_jobs_recorded_alone(tiny):
+    config = dcm.DCMConfig(task=D.TaskConfig(n_boxes=N_BOXES, n_samples=40), epochs=1, batch_size=8)
+    runs = [([(0, 1), (1, 2), (1, 3)], "position_transmitter", "positional"),
+            ([(0, 0), (1, 1)], "position_detector", "positional"),
+            ([(1, 0), (1, 3)], "value_fetcher", "object_value")]
+    shared = dcm.run_dcms(tiny, dcm.mask_jobs(tiny, runs, config), config)
+    alone = [dcm.run_dcm(tiny, h, g, d, replace(config, prefix_budget_mb=0)) for h, g, d in runs]
+    for a, b in zip(shared, alone):
+        assert a.heads == b.heads and torch.allclose(a.mask, b.mask, atol=1e-4)
+        assert a.test_accuracy == b.test_accuracy

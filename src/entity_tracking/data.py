@@ -22,8 +22,10 @@ what each one changed:
 
 from __future__ import annotations
 
+import functools
 import random
 import string
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
@@ -135,6 +137,7 @@ def _capitalise_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+@functools.lru_cache(maxsize=65536)  # the same prompt is rendered for every desideratum, draw and batch
 def render(example: Example) -> RenderedPrompt:
     """Write the prompt and remember where each named word sits (objects, labels, query label).
     Explained in chapter 2."""
@@ -410,6 +413,7 @@ def desideratum_pairs(
         raise ValueError(f"unknown desideratum {name!r}; choose from {list(DESIDERATA) + sorted(ADDITIONAL_DESIDERATA)}")
     rng = random.Random(seed)
     sources_pool = list(dataset[:pool])
+    other_position: dict[int, list[Example]] = {}  # the pool's lines whose query is not at position p
     base, source, targets = [], [], []
     for ex in dataset[base_offset: base_offset + n_pairs]:
         # B1: the authors compared the source's query position with 0, not with the base's.
@@ -421,8 +425,9 @@ def desideratum_pairs(
             src = rng.choice(ok)
             target = ex.objects[ex.labels.index(src.query_label)]
         else:
-            ok = [s for s in sources_pool if s.query_index != base_position]
-            src = rng.choice(ok)
+            if base_position not in other_position:
+                other_position[base_position] = [s for s in sources_pool if s.query_index != base_position]
+            src = rng.choice(other_position[base_position])
             if name == "object_value":
                 target = src.answer
             elif name == "incorrect_segment":
@@ -529,9 +534,26 @@ class NotSingleTokenError(ValueError):
     Explained in chapter 2."""
 
 
+_ENCODED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ENCODED_MAX = 100_000  # texts remembered per tokenizer (a few hundred bytes each)
+
+
 def _encode(tokenizer, texts: list[str]):
-    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
+    """Token ids and character offsets of each text. Every text is tokenised once per tokenizer:
+    the same prompts come back for every desideratum, draw and chapter (DCM alone asks for each
+    base prompt three times), and tokenising them was the largest cost of preparing a run."""
+    try:
+        memo = _ENCODED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memory
+        memo = {}
+    todo = list(dict.fromkeys(t for t in texts if t not in memo))
+    if todo:
+        if len(memo) + len(todo) > _ENCODED_MAX:
+            memo.clear()
+        enc = tokenizer(todo, add_special_tokens=True, return_offsets_mapping=True)
+        for text, ids, offsets in zip(todo, enc["input_ids"], enc["offset_mapping"]):
+            memo[text] = (tuple(ids), tuple(tuple(o) for o in offsets))
+    return [list(memo[t][0]) for t in texts], [memo[t][1] for t in texts]
 
 
 def answer_token_ids(tokenizer, prompts: list[str], words: list[str | None], mode: str = "word") -> torch.Tensor:
@@ -567,6 +589,49 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, answer_words: Sequ
     Explained in chapter 2."""
     if not examples:
         raise ValueError("no examples to tokenise")
+    try:
+        known = _LAYOUTS.setdefault(tokenizer, {})
+    except TypeError:
+        known = {}
+    unique = list(dict.fromkeys(examples))
+    if len(unique) < len(examples) or any(ex in known for ex in unique):
+        # each distinct prompt's tokens and positions are found once per tokenizer and reused
+        missing = [ex for ex in unique if ex not in known]
+        if missing:
+            if len(known) + len(missing) > _ENCODED_MAX:
+                known.clear()
+            _layout_of(missing, tokenizer, known)
+        rows = [known[ex] for ex in examples]
+        if len({r[0].shape[0] for r in rows}) > 1 or len({ex.n_boxes for ex in examples}) > 1:
+            return _tokenize_new(examples, tokenizer, answer_words, answer_mode)  # raises the clear error
+        tokens = torch.stack([r[0] for r in rows])
+        positions = {k: torch.stack([r[1][k] for r in rows]) for k in rows[0][1]}
+        words = [ex.answer for ex in examples] if answer_words is None else list(answer_words)
+        answers = answer_token_ids(tokenizer, [render(ex).text for ex in examples], words, mode=answer_mode)
+        return TaskBatch(list(examples), tokens, answers, positions)
+    batch = _tokenize_new(examples, tokenizer, answer_words, answer_mode)
+    _remember(batch, known)
+    return batch
+
+
+_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _remember(batch: "TaskBatch", known: dict) -> None:
+    for b, ex in enumerate(batch.examples):
+        known[ex] = (batch.tokens[b].clone(), {k: v[b].clone() for k, v in batch.positions.items()})
+
+
+def _layout_of(examples: Sequence[Example], tokenizer, known: dict) -> None:
+    """Tokens and positions of prompts, grouped by length (a batch must share one)."""
+    by_length: dict[tuple, list[Example]] = {}
+    for ex in examples:
+        by_length.setdefault((ex.n_boxes, len(_encode(tokenizer, [render(ex).text])[0][0])), []).append(ex)
+    for group in by_length.values():
+        _remember(_tokenize_new(group, tokenizer, [None] * len(group), "word"), known)
+
+
+def _tokenize_new(examples: Sequence[Example], tokenizer, answer_words, answer_mode: str) -> "TaskBatch":
     rendered = [render(ex) for ex in examples]
     texts = [r.text for r in rendered]
     ids, offsets = _encode(tokenizer, texts)

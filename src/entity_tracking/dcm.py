@@ -60,6 +60,7 @@ class DCMConfig:
     eval_every: int = 4         # validate the rounded mask after batch b of an epoch when b % 4 == 0
     dcm_seed: int = 20          # torch seed and pairing seed (the authors' torch.manual_seed(20))
     max_rows: int = 1024        # prompts per forward pass when many masks are validated together
+    prefix_budget_mb: int = 1024  # keep the pairs' clean runs for runs of the later tokens only, up to this size
 
     @property
     def n_pairs(self) -> int:
@@ -88,6 +89,7 @@ class PatchingCheckConfig:
     n_draws: int = 10           # fresh random pairing per draw                       (paper: 10)
     batch_size: int = 32        #                                                      (paper: 32)
     pairing_seed: int = 20      # seeds the pairing of every draw (the authors' random.seed(20))
+    prefix_budget_mb: int = 1024  # keep the base prompts' clean run for runs of the later tokens only
 
 
 DEFAULT_DCM = DCMConfig()
@@ -99,7 +101,7 @@ DEFAULT_CHECK = PatchingCheckConfig()
 # --------------------------------------------------------------------------------------------------
 
 #: Settings that change only speed and memory, not the result: left out of stored results' keys.
-PERFORMANCE_SETTINGS = ("batch_size", "max_rows")
+PERFORMANCE_SETTINGS = ("batch_size", "max_rows", "prefix_budget_mb")
 
 
 def patch_positions(base: D.TaskBatch, source: D.TaskBatch, group: str,
@@ -157,14 +159,16 @@ class PatchData:
     targets: torch.Tensor         # [N] the desideratum's target token id
     source: P.HeadOutputs | None = None
     source_rows: torch.Tensor | None = None
+    prefix: P.Prefix | None = None  # the base prompts' clean run, for runs of the tokens from the patch on
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, index: slice) -> "PatchData":
         rows = None if self.source_rows is None else self.source_rows[index]
+        prefix = None if self.prefix is None else self.prefix[index]
         return PatchData(self.tokens[index], self.base_index[index], self.source_index[index],
-                         self.source_z[index], self.targets[index], self.source, rows)
+                         self.source_z[index], self.targets[index], self.source, rows, prefix)
 
     def batches(self, size: int) -> Iterable["PatchData"]:
         for start in range(0, len(self), size):
@@ -193,14 +197,22 @@ def pairs_to(pairs: D.PairBatch, device) -> D.PairBatch:
 
 def prepare_patch_data(model, pairs: D.PairBatch, heads: Sequence[Head], group: str,
                        base_index_in_source: bool = False, batch_size: int = 32,
-                       every_position: bool = False) -> PatchData:
-    """Patch positions and the (detached) source outputs of ``heads`` for every pair. Explained in chapter 5."""
+                       every_position: bool = False, outputs: P.HeadOutputs | None = None,
+                       rows: torch.Tensor | None = None, prefix: P.Prefix | None = None) -> PatchData:
+    """Patch positions and the (detached) source outputs of ``heads`` for every pair. ``outputs``
+    (recorded once on a larger set of source prompts, ``rows`` the pairs' rows in it) and
+    ``prefix`` (the pairs' base prompts run clean, `patching.record_prefix`) let many runs share
+    one recording. Explained in chapter 5."""
     base_index, source_index = patch_positions(pairs.base, pairs.source, group, base_index_in_source)
     every_position = every_position or base_index_in_source
-    outputs = source_outputs(model, pairs.source, heads, group, every_position, batch_size)
-    rows = torch.arange(len(pairs))
+    position = P.ALL_POSITIONS if every_position else _group_position(group)
+    if outputs is None:
+        outputs = source_outputs(model, pairs.source, heads, group, every_position, batch_size)
+        rows = torch.arange(len(pairs))
+    else:
+        outputs = outputs.select([(layer, head, position) for layer, head in heads])
     z = source_z_of(outputs, rows, source_index, pairs.base.tokens.device)
-    return PatchData(pairs.base.tokens, base_index, source_index, z, pairs.target_ids, outputs, rows)
+    return PatchData(pairs.base.tokens, base_index, source_index, z, pairs.target_ids, outputs, rows, prefix)
 
 
 def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -222,15 +234,8 @@ class Blend:
     data: PatchData
 
 
-def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
-    """Hooks that, for every blend, every pair ``i`` and head ``k``, set ``z[i, base_index[i], head_k]
-    ← m_k · z + (1 − m_k) · source_z[i, k]``; the blends' pairs sit one after another in the batch
-    (pairs with ``base_index`` −1 are left alone).
-
-    Written without in-place edits of the forward's own tensor so the gradient reaches the masks;
-    ``m`` = 1 leaves the run exactly as it was, ``m`` = 0 is plain activation patching. Rows of
-    different blends never interact (attention stays within a prompt), so a stacked pass gives each
-    blend what its own pass would. Explained in chapter 5."""
+def _blend_edit(blends: Sequence[Blend], start: int = 0):
+    """``(edit(layer, z) -> z, layers)`` for `blend_hooks`, for a run of the tokens from ``start`` on."""
     per_layer: dict[int, list[tuple]] = {}
     offset = 0
     for blend in blends:
@@ -238,7 +243,7 @@ def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
         valid = torch.nonzero(data.base_index >= 0).squeeze(-1)
         for k, (layer, head) in enumerate(blend.heads):
             per_layer.setdefault(int(layer), []).append(
-                (valid + offset, data.base_index[valid], int(head), blend.mask, k, data.source_z[valid, k]))
+                (valid + offset, data.base_index[valid] - start, int(head), blend.mask, k, data.source_z[valid, k]))
         offset += len(data)
 
     def edit(layer, z):
@@ -253,15 +258,50 @@ def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
         out[rows, pos, heads] = m * current + (1 - m) * src
         return out
 
-    return P.z_edit_hooks(model, edit, sorted(layer for layer, e in per_layer.items() if e))
+    return edit, sorted(layer for layer, e in per_layer.items() if e)
+
+
+def blend_hooks(model, blends: Sequence[Blend]) -> list[tuple[str, P.Hook]]:
+    """Hooks that, for every blend, every pair ``i`` and head ``k``, set ``z[i, base_index[i], head_k]
+    ← m_k · z + (1 − m_k) · source_z[i, k]``; the blends' pairs sit one after another in the batch
+    (pairs with ``base_index`` −1 are left alone).
+
+    Written without in-place edits of the forward's own tensor so the gradient reaches the masks;
+    ``m`` = 1 leaves the run exactly as it was, ``m`` = 0 is plain activation patching. Rows of
+    different blends never interact (attention stays within a prompt), so a stacked pass gives each
+    blend what its own pass would. Explained in chapter 5."""
+    edit, layers = _blend_edit(blends)
+    return P.z_edit_hooks(model, edit, layers)
+
+
+def _first_patched(blends: Sequence[Blend]) -> int:
+    """The earliest patched token of the blends (0 when one has no prefix recorded: run everything)."""
+    if any(b.data.prefix is None for b in blends):
+        return 0
+    patched = [b.data.base_index[b.data.base_index >= 0] for b in blends if len(b.heads)]
+    patched = [p for p in patched if len(p)]
+    return int(torch.cat(patched).min()) if patched else blends[0].data.tokens.shape[1] - 1
 
 
 def blended_logits(model, blends: Sequence[Blend]) -> torch.Tensor:
     """Logits of every blend's base prompts (stacked in order), each with its heads mixed by its mask.
-    Explained in chapter 5."""
+
+    With the base prompts' clean run recorded (``data.prefix``), only the tokens from the earliest
+    patched one on are run (`patching.prefix_reuse_hooks`): nothing before it can change, so the
+    logits there are the full run's, and a patch at the last token costs one token's forward and
+    backward pass instead of the prompt's. The logits returned then cover those tokens only (the
+    last one is what every caller reads). Explained in chapter 5."""
     tokens = torch.cat([b.data.tokens for b in blends])
-    hooks = blend_hooks(model, [b for b in blends if len(b.heads)])
-    return P.run_with_hooks(model, tokens, hooks)
+    start = _first_patched(blends)
+    if start <= 0:
+        return P.run_with_hooks(model, tokens, blend_hooks(model, blends))
+    prefix = P.Prefix.cat([b.data.prefix for b in blends])
+    prefix = P.Prefix(prefix.keys[:, :, :start], prefix.values[:, :, :start], prefix.cos, prefix.sin)
+    hooks, states = P.prefix_reuse_hooks(model, prefix, start)
+    edit, layers = _blend_edit(blends, start)
+    for layer in layers:
+        hooks.setdefault(P.z_name(layer), []).append(lambda z, layer=layer: edit(layer, z))
+    return P.run_with_hooks(model, tokens[:, start:], P.hook_list(hooks, states))
 
 
 @torch.no_grad()
@@ -364,16 +404,92 @@ class MaskJob:
 
 
 def mask_job(lm, heads: Sequence[Sequence[int]], group: str, desideratum: str, config: DCMConfig = DEFAULT_DCM,
-             pairs: D.PairBatch | None = None) -> MaskJob:
-    """Prepare one DCM run (pairs built from the config unless given, source outputs recorded once).
+             pairs: D.PairBatch | None = None, shared: "SharedRecords | None" = None) -> MaskJob:
+    """Prepare one DCM run (pairs built from the config unless given; source outputs and the base
+    prompts' clean run taken from ``shared`` when given, else recorded for this run).
     Explained in chapter 5."""
     _group_position(group)
     candidates = _unique_heads(heads)
     pairs = dcm_pairs(lm, desideratum, config) if pairs is None else pairs
     buggy = config.task.authors_compat and GROUPS[group] == "prev_query_label"
-    parts = [prepare_patch_data(lm.model, part, candidates, group, batch_size=config.batch_size, every_position=buggy)
-             for part in split_pairs(pairs, config)]
+    bounds = [0, config.n_train, config.n_train + config.n_val, config.n_pairs]
+    parts = []
+    for part, lo, hi in zip(split_pairs(pairs, config), bounds, bounds[1:]):
+        extra = {}
+        if shared is not None:
+            rows = torch.arange(lo, hi) if shared.source_rows is None else shared.source_rows[lo:hi]
+            extra = dict(outputs=shared.outputs, rows=rows,
+                         prefix=None if shared.prefix is None else shared.prefix[lo:hi])
+        parts.append(prepare_patch_data(lm.model, part, candidates, group, batch_size=config.batch_size,
+                                        every_position=buggy, **extra))
     return MaskJob(group, desideratum, candidates, *parts, buggy_validation=buggy)
+
+
+@dataclass
+class SharedRecords:
+    """One desideratum's recordings, shared by every DCM run on its pairs: the source outputs of
+    every run's heads (each at its group's position) and the base prompts' clean run (None when it
+    would exceed the budget; runs then run whole prompts). Explained in chapter 5."""
+
+    outputs: P.HeadOutputs
+    prefix: P.Prefix | None
+    source_rows: torch.Tensor | None = None   # each pair's source prompt's row in ``outputs`` (None: the pair's)
+
+
+#: Prompts per forward pass when recording (no gradient, so larger than a training batch).
+RECORD_BATCH = 128
+
+
+def _prefix_if_affordable(model, tokens: torch.Tensor, budget_mb: int) -> P.Prefix | None:
+    if not P.supports_prefix_reuse(model):
+        return None
+    if P.Prefix.bytes_per_prompt(model, tokens.shape[1]) * tokens.shape[0] > budget_mb * 2**20:
+        return None
+    return P.record_prefix(model, tokens, RECORD_BATCH)
+
+
+def shared_records(lm, pairs: D.PairBatch, runs: Sequence[tuple[Sequence[Sequence[int]], str]],
+                   config: DCMConfig = DEFAULT_DCM) -> SharedRecords:
+    """Record once what the DCM runs ``(heads, group)`` on ``pairs`` read: the source outputs of
+    their heads and the base prompts' clean run. Explained in chapter 5."""
+    pairs = pairs[:config.n_pairs]
+    outputs = P.HeadOutputs.record(lm.model, pairs.source, _nodes_of(runs, config), RECORD_BATCH,
+                                   desc="source activations")
+    return SharedRecords(outputs, _prefix_if_affordable(lm.model, pairs.base.tokens, config.prefix_budget_mb))
+
+
+def _nodes_of(runs: Sequence[tuple[Sequence[Sequence[int]], str]], config: DCMConfig) -> list[P.Node]:
+    nodes = []
+    for heads, group in runs:
+        buggy = config.task.authors_compat and GROUPS[group] == "prev_query_label"
+        position = P.ALL_POSITIONS if buggy else _group_position(group)
+        nodes += [(layer, head, position) for layer, head in _unique_heads(heads)]
+    return nodes
+
+
+def mask_jobs(lm, runs: Sequence[tuple[Sequence[Sequence[int]], str, str]], config: DCMConfig = DEFAULT_DCM
+              ) -> list[MaskJob]:
+    """Prepare DCM runs ``(heads, group, desideratum)`` of one model with as few recordings as
+    possible: every desideratum's base prompts are the task's first lines, and its sources are
+    drawn from the same lines, so one clean run of those prompts gives the prefix every run
+    reuses and the source outputs of every run's heads. Explained in chapter 5."""
+    desiderata = list(dict.fromkeys(d for _, _, d in runs))
+    pairs = {d: dcm_pairs(lm, d, config)[:config.n_pairs] for d in desiderata}
+    bases = pairs[desiderata[0]].base if desiderata else None
+    row = {ex: i for i, ex in enumerate(bases.examples)} if desiderata else {}
+    one_recording = all(tuple(p.base.examples) == tuple(bases.examples) and all(ex in row for ex in p.source.examples)
+                        for p in pairs.values())
+    shared: dict[str, SharedRecords] = {}
+    if one_recording and desiderata:
+        outputs = P.HeadOutputs.record(lm.model, bases, _nodes_of([(h, g) for h, g, _ in runs], config),
+                                       RECORD_BATCH, desc="head outputs")
+        prefix = _prefix_if_affordable(lm.model, bases.tokens, config.prefix_budget_mb)
+        for d, p in pairs.items():
+            shared[d] = SharedRecords(outputs, prefix, torch.tensor([row[ex] for ex in p.source.examples]))
+    else:
+        for d in desiderata:
+            shared[d] = shared_records(lm, pairs[d], [(h, g) for h, g, dd in runs if dd == d], config)
+    return [mask_job(lm, heads, group, d, config, pairs[d], shared[d]) for heads, group, d in runs]
 
 
 def train_masks(model, jobs: Sequence[MaskJob], config: DCMConfig = DEFAULT_DCM
@@ -559,8 +675,7 @@ def stored_dcms(model, runs: Sequence[tuple[Sequence[Sequence[int]], str, str]],
     computed = {}
     if todo:
         lm = variants.load(model)
-        pairs = {d: dcm_pairs(lm, d, config) for d in dict.fromkeys(runs[i][2] for i in todo)}
-        jobs = [mask_job(lm, runs[i][0], runs[i][1], runs[i][2], config, pairs[runs[i][2]]) for i in todo]
+        jobs = mask_jobs(lm, [runs[i] for i in todo], config)
         for i, result in zip(todo, run_dcms(lm, jobs, config)):
             computed[i] = _as_stored(result)
     return [cached(_stored_name(model), p, lambda i=i: computed[i]) if i in computed or not fresh
@@ -619,6 +734,7 @@ def check_accuracies(lm, requests: Sequence[tuple[Sequence[Sequence[int]], str, 
                                      authors_compat=compat) for seed in draw_seeds(config.pairing_seed, config.n_draws)]
              for d in desiderata}
     base = lm.tokenize(draws[desiderata[0]][0].base) if desiderata else None  # the same prompts in every draw
+    prefix = _prefix_if_affordable(lm.model, base.tokens, config.prefix_budget_mb) if desiderata else None
     base_texts = [D.render(ex).text for ex in draws[desiderata[0]][0].base] if desiderata else []
     recorded = {}
     for d in desiderata:  # the sources of one desideratum share a layout (the rephrasings change it)
@@ -639,7 +755,8 @@ def check_accuracies(lm, requests: Sequence[tuple[Sequence[Sequence[int]], str, 
             targets = D.answer_token_ids(lm.tokenizer, base_texts, pairs.targets, mode=pairs.target_token_mode)
             z = (torch.stack([outputs.at((l, h, position), rows, source_index) for l, h in heads], dim=1)
                  if heads else torch.zeros(len(rows), 0, lm.d_head))
-            data = PatchData(base.tokens, base_index, source_index, z.to(lm.device), targets.to(lm.device))
+            data = PatchData(base.tokens, base_index, source_index, z.to(lm.device), targets.to(lm.device),
+                             prefix=prefix)
             blends.append(Blend(heads, torch.zeros(len(heads), device=lm.device), data))
             owner.append(r)
     accuracies = patched_accuracies(lm.model, blends, config.batch_size, max_rows)

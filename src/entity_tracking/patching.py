@@ -11,6 +11,7 @@ head) and a source tensor broadcast against it, applied in one forward pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -351,3 +352,187 @@ class HeadOutputs:
                 raise ValueError("a node recorded at every position needs the token index to read")
             return value[rows, index.to(value.device).clamp(min=0)]
         return value[rows, 0]
+
+    def select(self, nodes: Iterable[Node]) -> "HeadOutputs":
+        """The cache of some of its nodes (no copy): one recording shared by runs of different heads."""
+        nodes = tuple(dict.fromkeys((int(layer), int(head), str(pos)) for layer, head, pos in nodes))
+        missing = [n for n in nodes if n not in self.values]
+        if missing:
+            raise KeyError(f"nodes {missing} were not recorded")
+        selected = HeadOutputs(nodes, {n: self.values[n] for n in nodes}, self.batch, self.model)
+        selected._row = self._row
+        return selected
+
+
+# --------------------------------------------------------------------------------------------------
+# Reusing a clean prefix: a run of the later tokens only
+# --------------------------------------------------------------------------------------------------
+
+def rotary_name(layer: int, name: str) -> str:
+    """TransformerLens names of the bridge's rotary attention that a prefix-reusing run needs besides
+    the ones above: ``hook_cos`` / ``hook_sin`` (each position's rotary angles), ``hook_rot_q`` /
+    ``hook_rot_k`` (queries and keys after RoPE). Explained in chapter 3."""
+    return f"blocks.{layer}.attn.{name}"
+
+
+def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[..., kv_head, d]`` to one slice per query head, as grouped-query attention shares them.
+    Explained in chapter 3."""
+    return x if x.shape[-2] == n_heads else x.repeat_interleave(n_heads // x.shape[-2], dim=-2)
+
+
+def supports_prefix_reuse(model) -> bool:
+    """Whether the model exposes the rotary-attention hooks a prefix-reusing run needs. Explained in chapter 3."""
+    return all(rotary_name(0, n) in model.hook_dict for n in ("hook_cos", "hook_sin", "hook_rot_q", "hook_rot_k"))
+
+
+@dataclass
+class Prefix:
+    """What a clean run leaves for a later run of the same prompts' later tokens: every layer's keys
+    after RoPE and values (``[layer, prompt, pos, kv_head, d_head]``) and rotary angles
+    (``[layer, 1, pos, rotary dim]``). Explained in chapter 3 (path patching's pass 2) and chapter 5 (DCM)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    def __getitem__(self, rows) -> "Prefix":
+        return Prefix(self.keys[:, rows], self.values[:, rows], self.cos, self.sin)
+
+    def __len__(self) -> int:
+        return self.keys.shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.cos, self.sin))
+
+    @staticmethod
+    def bytes_per_prompt(model, seq_len: int) -> int:
+        cfg = model.cfg
+        kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        return 2 * cfg.n_layers * seq_len * kv_heads * cfg.d_head * next(model.parameters()).element_size()
+
+    @staticmethod
+    def cat(prefixes: Sequence["Prefix"]) -> "Prefix":
+        return Prefix(torch.cat([p.keys for p in prefixes], 1), torch.cat([p.values for p in prefixes], 1),
+                      prefixes[0].cos, prefixes[0].sin)
+
+
+def prefix_capture_hooks(n_layers: int, store: dict) -> list[tuple[str, Hook]]:
+    """Hooks that keep what `Prefix` holds in ``store`` (``{name}{layer}``), to add to a clean run.
+    Explained in chapter 3."""
+    def keep(key):
+        def hook(x, hook):
+            store[key] = x.detach()
+            return x
+        return hook
+
+    return [(rotary_name(layer, name), keep(f"{name}{layer}"))
+            for layer in range(n_layers) for name in ("hook_rot_k", "hook_v", "hook_cos", "hook_sin")]
+
+
+def prefix_from_store(n_layers: int, store: dict) -> Prefix:
+    """The `Prefix` of a clean run whose `prefix_capture_hooks` filled ``store``. Explained in chapter 3."""
+    return Prefix(*(torch.stack([store[f"{name}{layer}"] for layer in range(n_layers)])
+                    for name in ("hook_rot_k", "hook_v", "hook_cos", "hook_sin")))
+
+
+@torch.no_grad()
+def record_prefix(model, tokens: torch.Tensor, batch_size: int = 64) -> Prefix:
+    """A clean run of ``tokens`` (in chunks of ``batch_size``), kept as a `Prefix`. Explained in chapter 5."""
+    n_layers = model.cfg.n_layers
+    parts = []
+    for start in range(0, tokens.shape[0], batch_size):
+        store: dict = {}
+        run_with_hooks(model, tokens[start:start + batch_size], prefix_capture_hooks(n_layers, store))
+        parts.append(prefix_from_store(n_layers, store))
+    return Prefix.cat(parts)
+
+
+def prefix_reuse_hooks(model, prefix: Prefix, start: int, copies: int = 1,
+                       scale: float | None = None) -> tuple[dict[str, list[Callable]], list[dict]]:
+    """Hooks for a run of tokens ``start:`` of prompts whose tokens before ``start`` are clean and
+    were recorded in ``prefix`` (``n`` prompts; the run's rows are ``copies`` set-major copies of them).
+
+    In every layer the hooks give the run's tokens their true rotary angles and let their queries
+    attend to the prefix's keys and values, in one softmax with their own keys (the model's
+    causal attention covers the run's tokens). Nothing before ``start`` can differ from the clean
+    run when every edit of the run lies at or after ``start``, so the run's logits are the full
+    run's from ``start`` on; gradients flow as in the full run. Returns the hooks as
+    ``{name: [fn(x) -> x, ...]}`` (the caller may append its own, e.g. an edit of ``z`` after the
+    prefix's share is added) and one state per layer whose ``"prefix"`` holds that layer's
+    attention weights on the prefix ``[row, head, run pos, start]`` (for callers that need them);
+    `hook_list` turns them into TransformerLens hooks and frees the weights after each layer.
+    Explained in chapter 3 (path patching's pass 2) and chapter 5 (DCM)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    scale = model.cfg.d_head ** -0.5 if scale is None else scale
+    n = len(prefix)
+    hooks: dict[str, list[Callable]] = {}
+    states: list[dict] = [{} for _ in range(n_layers)]
+    if start <= 0:
+        return hooks, states
+
+    def add(name, fn):
+        hooks.setdefault(name, []).append(fn)
+
+    for layer in range(n_layers):
+        state = states[layer]
+        keys = expand_kv(prefix.keys[layer][:, :start], n_heads)                # [n, prefix, head, d]
+        values = expand_kv(prefix.values[layer][:, :start], n_heads)
+        cos, sin = prefix.cos[layer][..., start:, :], prefix.sin[layer][..., start:, :]
+
+        def angles(x, true=None):
+            if x.shape[-2:] != true.shape[-2:]:
+                raise RuntimeError(f"rotary angles of shape {tuple(x.shape)}; expected {tuple(true.shape)}")
+            return true.to(x.dtype)
+
+        def keep_q(x, state=state):
+            state["q"] = x                                                      # [row, run pos, head, d]
+            return x
+
+        def joint_softmax(x, state=state, keys=keys):
+            q = state.pop("q")
+            r, h, s, _ = x.shape
+            scores = torch.einsum("knshd,nphd->knhsp", q.reshape(copies, n, s, h, -1), keys.to(q.dtype))
+            w = torch.cat([scores.reshape(r, h, s, -1) * scale, x], -1).softmax(-1, dtype=torch.float32).to(x.dtype)
+            state["prefix"], state["run"] = w[..., :start], w[..., start:]
+            return x
+
+        def pattern(x, state=state):
+            run = state.pop("run")
+            if run.shape != x.shape:
+                raise RuntimeError(f"attention pattern of shape {tuple(x.shape)}; expected {tuple(run.shape)}")
+            return run
+
+        def add_prefix(z, state=state, values=values):
+            w = state["prefix"]
+            r, s, h, d = z.shape
+            from_prefix = torch.einsum("knhsp,nphd->knshd", w.reshape(copies, n, h, s, -1), values.to(w.dtype))
+            return z + from_prefix.reshape(r, s, h, d).to(z.dtype)
+
+        add(rotary_name(layer, "hook_cos"), lambda x, true=cos: angles(x, true))
+        add(rotary_name(layer, "hook_sin"), lambda x, true=sin: angles(x, true))
+        add(rotary_name(layer, "hook_rot_q"), keep_q)
+        add(scores_name(layer), joint_softmax)
+        add(pattern_name(layer), pattern)
+        add(z_name(layer), add_prefix)
+    return hooks, states
+
+
+def hook_list(hooks: dict[str, list[Callable]], states: Sequence[dict] = ()) -> list[tuple[str, Hook]]:
+    """TransformerLens hooks that run each name's functions in order; with ``states`` (from
+    `prefix_reuse_hooks`), each layer's prefix weights are dropped once its ``z`` hooks have run.
+    Explained in chapter 3."""
+    hooks = {name: list(fns) for name, fns in hooks.items()}
+    for layer, state in enumerate(states):
+        if state is not None and z_name(layer) in hooks:
+            hooks[z_name(layer)].append(lambda z, state=state: (state.clear(), z)[1])
+
+    def compose(fns):
+        def run(x, hook):
+            for fn in fns:
+                x = fn(x)
+            return x
+        return run
+
+    return [(name, compose(fns)) for name, fns in hooks.items()]

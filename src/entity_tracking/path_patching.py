@@ -262,18 +262,6 @@ def _last_layer_only(masks: torch.Tensor, receivers: Sequence[Head], receiver_in
 # The clean and corrupted runs, recorded once and read by every step
 # --------------------------------------------------------------------------------------------------
 
-def _attn_name(layer: int, name: str) -> str:
-    """TransformerLens names of the bridge's rotary attention that pass 2 needs besides
-    `patching`'s: ``hook_cos`` / ``hook_sin`` (the rotary angles of each position), ``hook_rot_q`` /
-    ``hook_rot_k`` (queries and keys after RoPE)."""
-    return f"blocks.{layer}.attn.{name}"
-
-
-def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """``[..., kv_head, d]`` to one slice per query head, as grouped-query attention shares them."""
-    return x if x.shape[-2] == n_heads else x.repeat_interleave(n_heads // x.shape[-2], dim=-2)
-
-
 @dataclass
 class _Chunk:
     """One chunk of prompts: what the clean and corrupted runs left for the patched ones."""
@@ -304,7 +292,7 @@ class Records:
     def __init__(self, lm, base: D.TaskBatch, corrupt: D.TaskBatch, batch_size: int = 100):
         if len(base) != len(corrupt):
             raise ValueError(f"need one corrupted prompt per base prompt; got {len(base)} and {len(corrupt)}")
-        missing = [n for n in (_attn_name(0, "hook_cos"), _attn_name(0, "hook_rot_q"), _attn_name(0, "hook_rot_k"))
+        missing = [n for n in (P.rotary_name(0, "hook_cos"), P.rotary_name(0, "hook_rot_q"), P.rotary_name(0, "hook_rot_k"))
                    if n not in lm.model.hook_dict]
         if missing:
             raise NotImplementedError(f"pass 2 reuses the clean prefix through the bridge's rotary attention hooks; "
@@ -341,10 +329,10 @@ class Records:
         def clean_hooks():
             hooks = []
             for layer in range(n_layers):
-                hooks += [(_attn_name(layer, name), keep(f"{name}{layer}"))
+                hooks += [(P.rotary_name(layer, name), keep(f"{name}{layer}"))
                           for name in ("hook_rot_k", "hook_v", "hook_cos", "hook_sin")]
                 if not self._checked:  # the first prompt's last query, for `_check_prefix_reuse`
-                    hooks += [(_attn_name(layer, "hook_rot_q"), keep(f"hook_rot_q{layer}", lambda x: x[0, -1])),
+                    hooks += [(P.rotary_name(layer, "hook_rot_q"), keep(f"hook_rot_q{layer}", lambda x: x[0, -1])),
                               (P.scores_name(layer), keep(f"hook_attn_scores{layer}", lambda x: x[0, :, -1]))]
             return hooks
 
@@ -370,7 +358,7 @@ class Records:
         model or library whose attention differs fails loudly instead of scoring wrongly."""
         for layer in range(self.lm.n_layers):
             q = store[f"hook_rot_q{layer}"]                                      # [head, d]
-            k = _expand_kv(keys[layer, 0], self.lm.n_heads)                       # [pos, head, d]
+            k = P.expand_kv(keys[layer, 0], self.lm.n_heads)                       # [pos, head, d]
             ours = torch.einsum("hd,phd->hp", q, k).float() * self.scale
             theirs = store[f"hook_attn_scores{layer}"].float()                   # [head, pos]
             tol = 1e-4 if q.dtype == torch.float32 else 2e-2
@@ -421,14 +409,6 @@ def _sender_pass(lm, chunk: _Chunk, pos: torch.Tensor, src_z: torch.Tensor, mask
 # Pass 2: the receivers' inputs written into a clean run from the receivers' position on
 # --------------------------------------------------------------------------------------------------
 
-def _compose(fns):
-    def run(x, hook):
-        for fn in fns:
-            x = fn(x)
-        return x
-    return run
-
-
 @torch.no_grad()
 def _receiver_pass(lm, records: Records, chunk: _Chunk, prompts: torch.Tensor, start: int, n_sets: int,
                    pos: torch.Tensor, writes: dict[int, tuple[torch.Tensor, torch.Tensor]],
@@ -445,58 +425,18 @@ def _receiver_pass(lm, records: Records, chunk: _Chunk, prompts: torch.Tensor, s
     output there is its clean output, so the last token's output changes by its attention weight
     on that position times the change of the value."""
     model, scale = lm.model, records.scale
-    n_heads, n = lm.n_heads, len(prompts)
+    n = len(prompts)
     rows = torch.arange(n_sets * n, device=pos.device)
     at = pos[prompts].repeat(n_sets)                                            # receiver position per row
     inside = at >= start
-    hooks: dict[str, list] = {}
+    prefix = P.Prefix(chunk.keys[:, prompts, :start], chunk.values[:, prompts, :start], chunk.cos, chunk.sin)
+    hooks, states = P.prefix_reuse_hooks(model, prefix, start, copies=n_sets, scale=scale)
 
     def add(name, fn):
         hooks.setdefault(name, []).append(fn)
 
     for layer in range(lm.n_layers):
-        state: dict[str, torch.Tensor] = {}
-        if start > 0:
-            keys = _expand_kv(chunk.keys[layer][prompts, :start], n_heads)     # [n, prefix, head, d]
-            values = _expand_kv(chunk.values[layer][prompts, :start], n_heads)
-            cos, sin = chunk.cos[layer][..., start:, :], chunk.sin[layer][..., start:, :]
-
-            def angles(x, true=None):
-                if x.shape[-2:] != true.shape[-2:]:
-                    raise RuntimeError(f"rotary angles of shape {tuple(x.shape)}; expected {tuple(true.shape)}")
-                return true.to(x.dtype)
-
-            add(_attn_name(layer, "hook_cos"), lambda x, true=cos: angles(x, true))
-            add(_attn_name(layer, "hook_sin"), lambda x, true=sin: angles(x, true))
-
-            def keep_q(x, state=state):
-                state["q"] = x                                                  # [row, run pos, head, d]
-                return x
-
-            def joint_softmax(x, state=state, keys=keys):
-                q = state.pop("q")
-                r, h, s, _ = x.shape
-                prefix = torch.einsum("knshd,nphd->knhsp", q.reshape(n_sets, n, s, h, -1), keys).reshape(r, h, s, -1)
-                w = torch.cat([prefix * scale, x], -1).softmax(-1, dtype=torch.float32).to(x.dtype)
-                state["prefix"], state["run"] = w[..., :start], w[..., start:]
-                return x
-
-            def pattern(x, state=state):
-                run = state.pop("run")
-                if run.shape != x.shape:
-                    raise RuntimeError(f"attention pattern of shape {tuple(x.shape)}; expected {tuple(run.shape)}")
-                return run
-
-            def add_prefix(z, state=state, values=values):
-                w = state["prefix"]
-                r, s, h, d = z.shape
-                from_prefix = torch.einsum("knhsp,nphd->knshd", w.reshape(n_sets, n, h, s, -1), values)
-                return z + from_prefix.reshape(r, s, h, d).to(z.dtype)
-
-            add(_attn_name(layer, "hook_rot_q"), keep_q)
-            add(P.scores_name(layer), joint_softmax)
-            add(P.pattern_name(layer), pattern)
-            add(P.z_name(layer), add_prefix)
+        state = states[layer]
         if layer in writes:
             heads, new = writes[layer]
 
@@ -521,14 +461,8 @@ def _receiver_pass(lm, records: Records, chunk: _Chunk, prompts: torch.Tensor, s
                     return z
 
                 add(P.z_name(layer), correct)
-        if start > 0:
-            def forget(z, state=state):   # this layer's softmax weights are no longer needed
-                state.clear()
-                return z
-
-            add(P.z_name(layer), forget)
     tokens = chunk.base.tokens[prompts, start:].repeat(n_sets, 1)
-    logits = P.run_with_hooks(model, tokens, [(name, _compose(fns)) for name, fns in hooks.items()])
+    logits = P.run_with_hooks(model, tokens, P.hook_list(hooks, states if start > 0 else ()))
     return answer_probs(logits[:, -1], chunk.base.answer_ids[prompts].repeat(n_sets))
 
 
