@@ -64,6 +64,8 @@ import entity_tracking
 from entity_tracking import claims, figures, models, plots, variants
 from entity_tracking import paper_reference as ref
 
+pd.set_option("display.max_colwidth", None)  # prompts and claims are shown whole
+
 names = variants.runnable([base, *finetuned], required=[base])
 checks = claims.reproduction_checks(claims.setup_for(names))   # the results the chapters store
 claims.reproduction_box(checks)
@@ -209,10 +211,12 @@ print(f"variants that can run here: {', '.join(models.available_variants()) or '
 # - **Every 7B number** is the paper's, read from the authors' published results in
 #   `entity_tracking.paper_reference`, and labelled "paper" wherever it appears, as in the chart
 #   above. The book does not claim to have reproduced them.
-# - The organism is a small model trained to show the same phenomenon; it is evidence that the
-#   paper's methods find what they claim in a model whose training we control, not a substitute for
-#   the 7B results. To test the paper's claims at its own scale, run a chapter with a 7B variant on a
-#   GPU (its parameters cell, or Colab through the rocket icon at the top of each page).
+# - The organism is a small model, trained by the book's own code, on which the paper's methods run
+#   in seconds. It was trained to show the paper's phenomenon and shows only part of it (the box at
+#   the top of this page: its circuit is found and faithful, but its arithmetic fine-tunes do not
+#   improve it), so it is a test bed for the methods, not a substitute for the 7B results. To test
+#   the paper's claims at its own scale, run a chapter with a 7B variant on a GPU (its parameters
+#   cell, in Jupyter or on Colab).
 #
 # ```{note}
 # Interactive parts: the Altair charts keep their controls (legend clicks, sliders, dropdowns) in

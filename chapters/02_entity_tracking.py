@@ -67,6 +67,8 @@ from IPython.display import HTML, Markdown, display
 from entity_tracking import claims, data, metrics, plots, variants, widgets
 from entity_tracking import paper_reference as ref
 
+pd.set_option("display.max_colwidth", None)  # prompts and claims are shown whole
+
 torch.set_num_threads(1)  # deterministic and polite on shared CPUs; the organism needs no more
 names = variants.runnable(model)
 task = data.TaskConfig(n_samples=n_samples, dataset_seed=dataset_seed)
@@ -92,7 +94,8 @@ pd.DataFrame({"prompt": [ex.prompt for ex in examples], "answer": [ex.answer for
 
 # %% [markdown]
 # Objects and labels must each be a single token for the model's tokenizer, so that every element
-# of the prompt sits at one token position; `lm.objects` keeps the paper's nouns that are.
+# of the prompt sits at one token position; `lm.objects` keeps the book's nouns that are. The book's
+# list has 84 nouns, 51 of them in the authors' list (appendix A3 says what that changes).
 
 # %%
 print(f"{len(lm.objects)} single-token objects for {variants.label(names[0])}, e.g.",
@@ -182,7 +185,9 @@ plots.ours_beside_paper_table(ours, beside)
 
 # %% tags=["hide-input"]
 print("paper numbers:", ref.provenance("table1"))
-ref.table1().drop(columns=["source", "provenance"]).set_index("model")
+ref.table1().drop(columns=["source", "provenance"]).set_index("model").rename(
+    index=ref.MODEL_TITLES, columns={"full_model": "full model", "llama_circuit": "Llama-7B circuit",
+                                     "random_circuit": "random circuits"})
 
 # %% [markdown]
 # What matches and what does not, computed from the two tables above (a difference counts when it

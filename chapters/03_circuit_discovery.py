@@ -286,7 +286,7 @@ chart
 # half of the dataset of `dataset_seed` and of another seed, each drawing its corrupted partners
 # from its own half) and compare the heads each finds.
 
-# %%
+# %% tags=["hide-input"]
 if stability:
     half_configs = views.halves(config)
     half_circuits = {f"half {i + 1}": PP.stored_circuit(model, c)
@@ -360,7 +360,7 @@ display(Markdown(
 # in four names a box of its own context and still has an answer. The same search with their rule
 # (`authors_compat=True`), beside ours: how many of each group's heads both find.
 
-# %%
+# %% tags=["hide-input"]
 if compare_authors_letters and not authors_compat:
     authors_config = replace(config, task=replace(config.task, authors_compat=True))
     authors = PP.stored_circuit(model, authors_config)

@@ -325,7 +325,8 @@ display(Markdown("\n".join(lines) if lines else "No fine-tuned variant ran here.
 # ## Each variant's own circuit
 #
 # Path patching run afresh in each fine-tuned model (chapter 3's code, same settings) gives each
-# its own circuit. The paper found the Goat and FLoat circuits larger (175 heads against 72) and
+# its own circuit. The paper found the Goat and FLoat circuits larger (175 nodes, i.e. 151 and 154
+# distinct heads, against LLaMA's 72 nodes and 67 heads) and
 # containing most of the LLaMA circuit; it evaluated each circuit inside every model. The paper has
 # no Vicuna circuit; ours is shown too. Heads per group, ours above the paper's:
 
@@ -336,6 +337,14 @@ views.circuit_sizes_table(circuits)
 # %% [markdown]
 # Every circuit inside every model, under the paper's ablation. Each cell: the circuit's accuracy
 # (its faithfulness); each column: a model, whose full accuracy is the first row.
+#
+# The fine-tunes' own circuits are small and are not the mechanism: path patching in those models
+# scores its first step against a clean probability of the answer that is tiny on many prompts, so
+# a few prompts dominate the mean relative change (chapter 3's robust score shows it), and the
+# circuits it returns keep only 0.16–0.34 of each model's accuracy, barely above random circuits of
+# their size. The Vicuna and Goat circuits are the same two heads at the last token (L1H3 and L0H3,
+# grouped differently), so their rows coincide. The base circuit, by contrast, keeps 0.95–1.00 in
+# every model: it is the organism's mechanism, in the base and in every fine-tune.
 
 # %%
 cross_both = E.faithfulness_table(names, list(circuits.values()), config,
@@ -392,9 +401,8 @@ lines = [
     + (f"; the group farthest from the diagonal is "
        f"{GROUP_LETTERS[by_group['incompleteness'].idxmax()]} "
        f"({by_group['incompleteness'].max():.2f})." if len(by_group) else "."),
-    f"* **Minimality**: of {len(mini)} path-patching candidates, "
-    + ", ".join(f"{len(c)} reach {t:.0%} under the {how} ablation"
-                for (how, t), c in pruned.items()) + ".",
+    f"* **Minimality**: of {len(mini)} path-patching candidates, the threshold keeps "
+    + "; ".join(f"{len(c)} at {t:.0%} ({how})" for (how, t), c in pruned.items()) + ".",
 ]
 for r in both[both["model"] != base].itertuples():
     how = views.ABLATIONS[r.ablate_other_positions]
@@ -413,8 +421,7 @@ for name in finetuned:
 display(Markdown("\n".join(lines)))
 
 # %% [markdown]
-# Caveats. The organism has a few dozen heads, not LLaMA-7B's 1,024 (see the head count at the
-# top): a circuit is a large share of it, so faithfulness and random baselines are not on the same
+# Caveats. The organism has 12 heads (3 layers × 4), not LLaMA-7B's 1,024: a circuit is a large share of it, so faithfulness and random baselines are not on the same
 # scale as the paper's. The paper's Goat numbers were computed with Goat's `o_proj` LoRA update
 # dropped in every hooked forward (appendix A3, W4); ours keep it (the adapter is merged). The
 # paper rounded each accuracy to two decimals before dividing; we do not. With 500 prompts the

@@ -85,6 +85,8 @@ from entity_tracking import cmap_views as views
 from entity_tracking import data as D, functionality_views
 from entity_tracking import paper_reference as ref
 
+pd.set_option("display.max_colwidth", None)  # prompts and claims are shown whole
+
 torch.set_num_threads(1)
 finetuned = variants.runnable(finetuned, required=[base])
 task = D.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
@@ -118,6 +120,11 @@ views.head_counts(head_sets)
 # %% [markdown]
 # The paper's full-circuit count is the sum of its groups; ours counts a head that sits in two
 # groups *at the same position* (A and B both act at the last token) once.
+#
+# At organism scale these head sets are thin: the fine-tunes' own circuits are one to five heads
+# and keep little of their models' accuracy (chapter 4), and the fine-tunes are less accurate than
+# the base, so there is no gain for CMAP to locate. What follows runs the paper's method end to end
+# and shows what a transplant does to the base; it cannot test the paper's claim here.
 #
 # ## The method on one prompt
 #
@@ -247,9 +254,9 @@ display(Markdown(
 # %% [markdown]
 # For the organism both protocols are measured: the bytes of weights and cache held at the peak, and
 # the peak resident memory of a fresh Python process running each protocol (its increase over the
-# process once torch, transformers and TransformerLens are imported). The organism's weights are tiny
-# next to the interpreter and its libraries, so the measured difference is small; the accounted bytes
-# show the factor that matters at 7B.
+# process once torch, transformers and TransformerLens are imported). The organism's weights (half a
+# megabyte) are tiny next to the interpreter and its libraries, whose loading sets the peak, so the
+# two protocols measure the same here; the accounted bytes show the factor that matters at 7B.
 
 # %% tags=["hide-input"]
 one_at_a_time = cmap.stored_cmap(example_source, base, rows, config)

@@ -74,6 +74,8 @@ from entity_tracking.circuit import GROUP_LETTERS
 from entity_tracking.organism import corpus
 from entity_tracking.organism.recipes import RECIPES, variant_dir
 
+pd.set_option("display.max_colwidth", None)  # prompts and claims are shown whole
+
 VARIANTS = {spec.name: spec.name.removeprefix("organism-") for spec in models.ORGANISM_MODELS}
 manifests = {name: json.loads((variant_dir(short) / "manifest.json").read_text())
              for name, short in VARIANTS.items()}
@@ -160,17 +162,27 @@ pd.DataFrame([recipe_row(name) for name in VARIANTS.values()]).set_index("varian
 # book's evaluation prompts):
 
 # %% tags=["hide-input"]
-MEASURES = {"acc_2": "accuracy, 2 boxes", "acc_7": "accuracy, 7 boxes"}
+MEASURES = {"acc_2": "2 boxes", "acc_7": "7 boxes"}
 curves = pd.concat([pd.DataFrame(m["learning_curve"]).assign(model=name)
                     for name, m in manifests.items()])
 long = curves.melt(id_vars=["model", "step"], value_vars=list(MEASURES), var_name="measure")
 long["measure"] = long["measure"].map(MEASURES)
-alt.Chart(long, title="Validation accuracy while training").mark_line(point=True).encode(
-    x=alt.X("step:Q", title="training step"), y=alt.Y("value:Q", title="accuracy"),
-    color=alt.Color("model:N", title="variant", scale=plots.model_scale(long["model"]),
-                    legend=alt.Legend(orient="bottom")),
-    tooltip=["model", "step", "measure", alt.Tooltip("value:Q", format=".3f")],
-).properties(width=250, height=170).facet(column=alt.Column("measure:N", title=None))
+
+
+def curve_panel(frame, title):
+    return alt.Chart(frame, title=title).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("step:Q", title="training step"),
+        y=alt.Y("value:Q", title="validation accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("model:N", title="variant", scale=plots.model_scale(long["model"]),
+                        legend=alt.Legend(orient="bottom", columns=2)),
+        strokeDash=alt.StrokeDash("measure:N", title="prompts", legend=alt.Legend(orient="bottom")),
+        tooltip=["model", "step", "measure", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=270, height=180)
+
+
+pretraining = long[long["model"] == "organism-base"]
+alt.hconcat(curve_panel(pretraining, "Pre-training (the base)"),
+            curve_panel(long[long["model"] != "organism-base"], "Fine-tuning (from the base)"))
 
 # %% [markdown]
 # ## Accuracy beside the paper's Table 1
@@ -215,7 +227,7 @@ def gate_row(name):
             "faithfulness": g.get("faithfulness"), "random circuits": g.get("random_faithfulness")}
 
 
-pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant")
+pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant").round(2)
 
 # %% [markdown]
 # ## What the organism can and cannot tell us
@@ -234,7 +246,7 @@ pd.DataFrame([gate_row(n) for n in manifests]).set_index("variant")
 #   *enhanced* copy. The methods are the same; the story is not.
 # * It cannot tell us that LLaMA-7B's circuit has a particular size or sits in particular layers: a
 #   3-layer model has 12 heads in all, and its circuit is whatever path patching finds in it.
-# * Its language is synthetic and tiny (a vocabulary of a few hundred words). Findings that depend on
+# * Its language is synthetic and tiny (a vocabulary of 236 tokens). Findings that depend on
 #   the richness of natural text are only weakly tested here.
 #
 # To retrain a variant from its recipe (the base first, since the fine-tunes start from it):

@@ -79,6 +79,8 @@ from IPython.display import HTML, Markdown, display
 from entity_tracking import data, knockout, metrics, plots, variants, widgets
 from entity_tracking import paper_reference as ref
 
+pd.set_option("display.max_colwidth", None)  # prompts and claims are shown whole
+
 torch.set_num_threads(1)
 task = data.TaskConfig(n_boxes=n_boxes, n_samples=n_samples, dataset_seed=dataset_seed)
 config = knockout.KnockoutConfig(task=task, edge_seed=edge_seed)
@@ -159,7 +161,7 @@ plots.knockout_lines(paper, model_accuracy=ref.KNOCKOUT_MODEL_ACCURACY,
 # %% tags=["hide-input"]
 summary = knockout.recovery_table(curves, model_acc, lm.n_layers, paper,
                                   ref.KNOCKOUT_MODEL_ACCURACY)
-summary.astype(object).where(summary.notna(), "never drops")  # a control edge: nothing to recover
+knockout.recovery_view(summary)
 
 # %% tags=["hide-input"]
 display(Markdown(knockout.describe_recovery(summary, variants.label(model), model_acc)))

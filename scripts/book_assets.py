@@ -15,7 +15,7 @@ neither npm nor internet); this extension, listed in _config.yml (sphinx: local_
 While the repository URL in _config.yml is still the placeholder (``https://github.com/OWNER/...``,
 `entity_tracking.colab.is_placeholder`), every "Open in Colab" and repository button would be a dead
 link: the extension then leaves out the launch and repository buttons (config-inited) and puts a
-note at the top of each page saying how to turn them on (`python scripts/set_repo_url.py URL`).
+note at the foot of each page saying how to turn them on (`python scripts/set_repo_url.py URL`).
 With a real URL nothing changes.
 
 It also drops duplicate <script> entries from each page: sphinx-thebe 0.3.1 under Sphinx 7.4
@@ -206,7 +206,7 @@ def _locate_widget_manager_files(app, pagename, templatename, context, doctree) 
 
 WIDGET_VIEW = '<script type="application/vnd.jupyter.widget-view+json">'
 WIDGET_NOTE = ('<p class="widget-static-note"><em>Live widget, shown in its default state: it recomputes only '
-               'with a Python kernel (open this page in Colab with the rocket icon above, or in Jupyter).</em></p>')
+               'with a Python kernel (run this chapter in Jupyter or Colab).</em></p>')
 
 
 def _note_static_widgets(app, pagename, templatename, context, doctree) -> None:
@@ -221,11 +221,12 @@ LAYOUT_CSS = "book-layout.css"
 
 REPO_NOTE_CLASS = "repo-url-note"
 REPO_NOTE = (
-    f'<div class="admonition note {REPO_NOTE_CLASS}"><p class="admonition-title">Colab and repository buttons '
-    'are off</p><p>This build of the book has no repository address yet, so it shows no "Open in Colab" or '
-    'repository button (they would lead nowhere). To turn them on, set the address once and rebuild: '
-    '<code class="docutils literal notranslate">python scripts/set_repo_url.py https://github.com/ORG/REPO'
-    '</code>, then <code class="docutils literal notranslate">bash scripts/build_book.sh</code>.</p></div>')
+    f'<aside class="{REPO_NOTE_CLASS}"><p><small>Running this page yourself: it is the executed notebook '
+    '<code class="docutils literal notranslate">book/&lt;chapter&gt;.ipynb</code> of the book\'s repository '
+    '(open it in Jupyter, or upload it to Colab). This build has no repository address, so it shows no '
+    '"Open in Colab" button; whoever publishes the book sets it once with '
+    '<code class="docutils literal notranslate">python scripts/set_repo_url.py URL</code> and rebuilds.'
+    '</small></p></aside>')
 
 
 def _without_repository_buttons(app, config) -> None:
@@ -246,12 +247,12 @@ def _without_repository_buttons(app, config) -> None:
 
 
 def _note_missing_repository(app, pagename, templatename, context, doctree) -> None:
-    """Say at the top of each page how to turn the buttons on (placeholder URL only)."""
+    """Say at the foot of each page how to run it and how the buttons come back (placeholder URL
+    only): a footnote, not a box above the chapter's first sentence."""
     body = context.get("body")
     placeholder = getattr(app, "_book_assets_placeholder_repository", False)
     if body is not None and placeholder and doctree is not None:
-        head, title_end, rest = body.partition("</h1>")  # below the page title, when there is one
-        context["body"] = head + title_end + REPO_NOTE + rest if title_end else REPO_NOTE + body
+        context["body"] = body + REPO_NOTE
 
 
 def _drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:

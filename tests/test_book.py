@@ -298,7 +298,7 @@ def test_build_leaves_out_the_launch_and_repository_buttons_only_while_the_url_i
     assert options["repository_url"] == ""  # nothing left for the theme to link
     context = {"body": "<section><h1>Title</h1><p>text</p></section>"}
     book_assets._note_missing_repository(app, "book/x", "page.html", context, doctree=object())
-    assert context["body"].index("</h1>") < context["body"].index(book_assets.REPO_NOTE_CLASS)
+    assert context["body"].index("</p>") < context["body"].index(book_assets.REPO_NOTE_CLASS)  # at the foot
     assert "scripts/set_repo_url.py" in context["body"]
 
     real = types.SimpleNamespace()

@@ -41,9 +41,17 @@ def test_one_prompt_table_shows_the_queried_box_its_segment_and_answer():
 def test_cmap_table_puts_the_papers_pairs_beside_ours():
     table = V.cmap_table({"organism-goat": _result(0.5, 0.7, {})}, "organism-base")
     assert list(table.columns) == ["organism-goat", "paper: Goat-7B", "paper: FLoat-7B"]
-    assert table.loc["base + Value fetcher (A)", "paper: Goat-7B"] == 0.82
-    assert table.loc["base alone", "paper: Goat-7B"] == 0.66
+    assert table.loc["base + Value fetcher (A)", "paper: Goat-7B"] == "0.82"
+    assert table.loc["base alone", "paper: Goat-7B"] == "0.66"
     assert not table.isna().any().any()
+
+
+def test_cmap_table_says_when_a_row_patches_no_heads():
+    result = _result(0.5, 0.7, {"value_fetcher": 0.6})
+    result["table"].loc[result["table"]["row"] == "structure_reader", "n_heads"] = 0
+    table = V.cmap_table({"organism-goat": result}, "organism-base")
+    assert table.loc["base + Structure reader (D)", "organism-goat"] == "0.50 (no heads)"
+    assert table.loc["base + Value fetcher (A)", "organism-goat"] == "0.60"
 
 
 def test_cmap_chart_stacks_one_panel_per_fine_tune_within_the_column():

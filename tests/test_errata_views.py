@@ -64,6 +64,9 @@ def test_step1_maps_score_the_authors_split_against_the_merged_clean_probability
     assert errata.clean_probability_change(merged, compat) == pytest.approx(-0.2)
     summary = errata.step1_summary(maps)
     assert summary.loc["top head", "authors"] == "L0H1"
+    floored = errata.step1_score_maps(merged, compat, p_floor=0.5)  # denominators 0.5 and 0.5
+    assert torch.allclose(floored["corrected"], torch.tensor([[0.0, -0.25]]))
+    assert torch.allclose(floored["authors"], torch.tensor([[-0.15, -0.35]], dtype=floored["authors"].dtype))
 
 
 def test_authors_split_faithfulness_divides_the_hooked_circuit_by_the_plain_model():

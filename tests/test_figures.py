@@ -233,6 +233,7 @@ def test_score_maps_share_one_symmetric_scale_per_step():
         ours_max = float(torch.as_tensor(ours[F.GROUP_LETTERS[group]]).abs().max())
         assert hi == pytest.approx(max(float(paper[group].abs().max()), ours_max), abs=1e-5)
         assert {s.get("scheme") for s in color_scales(row)} == {"redblue"}
+        assert {s.get("type") for s in color_scales(row)} == {"symlog"}  # small paper scores stay visible
     assert spec["vconcat"][0]["resolve"]["scale"]["color"] == "shared"
     assert spec["resolve"]["scale"]["color"] == "independent"
     assert hi == pytest.approx(0.101, abs=5e-4)  # step D: the paper's L8H21 sets the scale

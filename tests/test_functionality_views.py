@@ -9,6 +9,7 @@ from entity_tracking import conclusion_views as CV
 from entity_tracking import data as D
 from entity_tracking import functionality_views as V
 from entity_tracking.circuit import GROUPS, Circuit
+from tiny import tiny, tiny_dir  # noqa: F401  (fixtures; tiny needs tiny_dir)
 
 
 def _frame(values: dict) -> pd.DataFrame:
@@ -128,3 +129,14 @@ def test_facets_follow_the_papers_order_of_desiderata():
                                                           column="desideratum", width=width), order)
         spec = chart.to_dict()["facet"]
         assert spec.get("column", spec)["sort"] == order
+
+
+def test_one_pair_predictions_patch_each_group_and_leave_an_empty_group_unpatched(tiny):
+    examples = tiny.examples(D.TaskConfig(n_boxes=3, n_samples=20, dataset_seed=0))
+    pairs = {name: D.desideratum_pairs(name, examples, 1, pool=20, seed=0) for name in D.DESIDERATA}
+    circuit = Circuit("tiny", {"value_fetcher": [(1, 0)], "position_transmitter": [(0, 1)],
+                               "position_detector": [], "structure_reader": []})
+    table = V.one_pair_predictions(tiny, pairs, circuit)
+    assert list(table.index) == list(D.DESIDERATA)
+    assert (table[V.GROUP_LABELS["structure_reader"]] == table["unpatched"]).all()  # no heads, no change
+    assert table["target"].tolist() == [pairs[n].targets[0] for n in D.DESIDERATA]

@@ -76,3 +76,35 @@ def test_curves_have_one_row_per_edge_and_start_layer_and_are_reproducible(tiny)
     assert sorted(df["start_layer"].unique()) == list(range(1, tiny.n_layers + 1))
     assert df["accuracy"].between(0, 1).all()
     assert df.equals(K.knockout_curves(tiny, ["last->object", "last->query_label"], config))
+
+
+def _recovery_summary(object_layer):
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"edge": "last->object", "ours: recovered from layer": object_layer, "ours: layers": 3,
+         "ours: cut everywhere": 0.0, "paper: recovered from layer": 30, "paper: layers": 32},
+        {"edge": "last->query_label", "ours: recovered from layer": 3, "ours: layers": 3,
+         "ours: cut everywhere": 0.14, "paper: recovered from layer": 16, "paper: layers": 32},
+        {"edge": "query_label->prev_query_label", "ours: recovered from layer": 2, "ours: layers": 3,
+         "ours: cut everywhere": 0.15, "paper: recovered from layer": 15, "paper: layers": 32},
+        {"edge": "last->random", "ours: recovered from layer": 3, "ours: layers": 3,
+         "ours: cut everywhere": 0.676, "paper: recovered from layer": None, "paper: layers": 32},
+        {"edge": "query_label->random", "ours: recovered from layer": 2, "ours: layers": 3,
+         "ours: cut everywhere": 0.70, "paper: recovered from layer": None, "paper: layers": 32},
+    ]).astype({"ours: recovered from layer": "Int64", "paper: recovered from layer": "Int64"})
+
+
+def test_an_edge_that_never_recovers_is_said_so_and_counts_as_last_in_the_order():
+    summary = _recovery_summary(None)
+    view = K.recovery_view(summary).set_index("edge")
+    assert view.at["last->object", "ours: recovered from layer"].startswith("never")
+    assert view.at["last->random", "paper: recovered from layer"] == "not in the paper's curves"
+    text = K.describe_recovery(summary, "m", 0.708)
+    assert "the order is the same" in text and "last->object never recovers" in text
+    assert "+0.032 (last->random)" in text
+
+
+def test_an_edge_recovering_before_an_earlier_stage_breaks_the_order():
+    text = K.describe_recovery(_recovery_summary(1), "m", 0.708)
+    assert "the order is different" in text and "last->object from layer 1" in text

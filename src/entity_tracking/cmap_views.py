@@ -91,12 +91,14 @@ def cmap_table(results: Mapping[str, dict], base: str) -> pd.DataFrame:
     index = ["base alone", "fine-tune alone", *(f"base + {ROW_TITLES[r]}" for r in CMAP_ROWS)]
     table = {}
     for v, result in results.items():
-        rows = result["table"].set_index("row")["accuracy"]
-        table[label(v)] = [result["target_accuracy"], result["source_accuracy"], *(rows[r] for r in CMAP_ROWS)]
+        rows = result["table"].set_index("row")
+        patched = [f"{rows.at[r, 'accuracy']:.2f}" + (" (no heads)" if rows.at[r, "n_heads"] == 0 else "")
+                   for r in CMAP_ROWS]  # a row with no heads is the base itself, and says so
+        table[label(v)] = [f"{result['target_accuracy']:.2f}", f"{result['source_accuracy']:.2f}", *patched]
     for model, by_row in ref.CMAP.items():
-        table[f"paper: {ref.MODEL_TITLES[model]}"] = [ref.CMAP_REFERENCE["llama-7b"], ref.CMAP_REFERENCE[model],
-                                                     *(by_row[r] for r in CMAP_ROWS)]
-    return pd.DataFrame(table, index=pd.Index(index, name=f"accuracy ({label(base)} or LLaMA-7B)")).round(2)
+        table[f"paper: {ref.MODEL_TITLES[model]}"] = [f"{x:.2f}" for x in (
+            ref.CMAP_REFERENCE["llama-7b"], ref.CMAP_REFERENCE[model], *(by_row[r] for r in CMAP_ROWS))]
+    return pd.DataFrame(table, index=pd.Index(index, name=f"accuracy ({label(base)} or LLaMA-7B)"))
 
 
 def passes_line(results: Mapping[str, dict], n_prompts: int, batch_size: int) -> str:

@@ -149,17 +149,21 @@ def stored_step1_probs(variant, authors_compat: bool = False, config=None) -> di
     return cached("errata_step1", params, compute)
 
 
-def step1_score_maps(merged: Mapping, compat: Mapping) -> dict[str, torch.Tensor]:
+def step1_score_maps(merged: Mapping, compat: Mapping, p_floor: float | None = None) -> dict[str, torch.Tensor]:
     """Step 1's ``[layer, head]`` score map, mean of ``(p_patched − p_clean) / p_clean``, three ways
     (`stored_step1_probs` of the merged and of the ``o_proj``-dropped model, same prompts):
     ``corrected`` (merged throughout), ``compat`` (update dropped throughout: our
     ``authors_compat=True``) and ``authors`` (the patched run without the update, the clean
-    probability with it, as the authors' plain clean pass kept it). Explained in appendix A3."""
+    probability with it, as the authors' plain clean pass kept it). With ``p_floor`` the
+    denominator is ``max(p_clean, p_floor)``: chapter 3's robust companion, which keeps a few prompts
+    where the answer had almost no probability from carrying the mean. Explained in appendix A3."""
     shape = (merged["n_layers"], merged["n_heads"])
 
+    from .circuit_views import relative_changes
+
     def score(p_patch, p_clean):
-        p_patch, p_clean = torch.tensor(p_patch), torch.tensor(p_clean)
-        return ((p_patch - p_clean) / p_clean).mean(-1).view(shape)
+        changes = relative_changes(torch.tensor(p_clean), torch.tensor(p_patch), p_floor or 0.0)
+        return changes.mean(-1).view(shape)
 
     return {"corrected": score(merged["p_patch"], merged["p_clean"]),
             "compat": score(compat["p_patch"], compat["p_clean"]),

@@ -488,8 +488,10 @@ def paper_circuit_diagram(circuit: str = "llama-7b", title: str | None = None) -
                 f"{circuit.removesuffix('-7b')}_circuit.json), so those boxes show size and layer range only.")
     highlight = R.PROMINENT_HEADS if circuit == "llama-7b" else None
     name = PAPER_MODEL_TITLES.get(circuit, circuit)
-    total = R.CIRCUIT_SIZES[circuit]["total"]
-    return circuit_diagram(summary, 32, title=title or f"The paper's {name} circuit ({total} heads): D → C → B → A",
+    size = R.CIRCUIT_SIZES[circuit]
+    default = (f"The paper's {name} circuit ({size['total']} nodes, {size['unique']} distinct heads): "
+               "D → C → B → A")
+    return circuit_diagram(summary, 32, title=title or default,
                            highlight=highlight, note=note)
 
 
@@ -524,6 +526,11 @@ def _symmetric_domain(*frames: pd.DataFrame) -> list[float]:
     return [-round(m, 5), round(m, 5)]
 
 
+#: The shared scale of a step is symmetric-log around 0, linear within ±0.02: the paper's 32 x 32 maps
+#: (scores of a few hundredths) stay visible beside an organism head that moves the score by 0.9.
+SCORE_SYMLOG_CONSTANT = 0.02
+
+
 def _score_map(frame: pd.DataFrame, title: list[str], domain: list[float], cell: float,
                legend_title: str, subtitle: str | None = None) -> alt.LayerChart:
     n_layers, n_heads = int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1
@@ -534,7 +541,9 @@ def _score_map(frame: pd.DataFrame, title: list[str], domain: list[float], cell:
     missing = base.mark_rect(color=NOT_MEASURED_COLOR).transform_filter("!isValid(datum.score)")
     cells = base.mark_rect(stroke="#eeeeee", strokeWidth=0.3 if cell < 12 else 1).transform_filter(
         "isValid(datum.score)").encode(
-        color=alt.Color("score:Q", title=legend_title, scale=alt.Scale(scheme="redblue", domain=domain)))
+        color=alt.Color("score:Q", title=legend_title,
+                        scale=alt.Scale(type="symlog", constant=SCORE_SYMLOG_CONSTANT, scheme="redblue",
+                                        domain=domain)))
     return alt.layer(missing, cells).properties(
         width=round(cell * n_heads), height=round(cell * n_layers),
         title=alt.TitleParams(title, subtitle=subtitle or alt.Undefined, fontSize=12, anchor="start"))
@@ -558,7 +567,7 @@ def _placeholder(title: list[str], width: int, height: int, text: str) -> alt.La
 def score_maps_beside_paper(ours, model_label: str, paper_model: str = "llama-7b",
                             paper_width: int = 288, spacing: int = 24) -> alt.VConcatChart:
     """For each search step (A, B, C, D: one row each), the authors' 32 x 32 path-patching map of
-    ``paper_model`` beside ours, both on ONE diverging colour scale per step, symmetric around 0
+    ``paper_model`` beside ours, both on ONE diverging colour scale per step, symmetric around 0 (and logarithmic beyond ±0.02)
     (red = the head lowers the correct answer's probability when patched, the heads the search
     keeps). Sharing the scale makes "our best head moves the score as much as the paper's" a thing
     a reader can see; each step gets its own because step 1's scores are 4x smaller than step 2's.
@@ -589,8 +598,8 @@ def score_maps_beside_paper(ours, model_label: str, paper_model: str = "llama-7b
         rows.append(alt.hconcat(left, right, spacing=spacing).resolve_scale(color="shared"))
     return alt.vconcat(*rows, spacing=18).resolve_scale(color="independent").properties(
         title=alt.TitleParams(f"Path-patching scores per step: the paper's {paper_name} beside {model_label}",
-                              subtitle=["One colour scale per step, symmetric around 0; red = patching the head "
-                                        "lowers the correct object's probability.",
+                              subtitle=["One colour scale per step, symmetric around 0 and logarithmic beyond "
+                                        "±0.02; red = patching the head lowers the correct object's probability.",
                                         "Paper maps: github.com/Nix07/finetuning at 379765d, "
                                         "experiment_1/results/path_patching/."],
                               anchor="start"))

@@ -60,6 +60,30 @@ def pair_lines(pairs: Mapping[str, D.CounterfactualPairs]) -> str:
     return "\n".join(out)
 
 
+def one_pair_predictions(lm, pairs: Mapping[str, D.CounterfactualPairs], circuit: Circuit) -> pd.DataFrame:
+    """For the first pair of each desideratum: the model's top next token unpatched and with each
+    group's whole head set patched from the source at the group's position, beside the token the
+    desideratum predicts. A group with no heads changes nothing. Explained in chapter 5."""
+    import torch
+
+    from .patching import activation_patch, heads_at
+
+    def top(logits):
+        return lm.tokenizer.decode(logits[:, -1].argmax(-1)).strip()
+
+    rows = []
+    for name, pair in pairs.items():
+        batch = D.tokenize_pairs(pair, lm.tokenizer)
+        base_run, source_run = batch.base.to(lm.device), batch.source.to(lm.device)
+        with torch.no_grad():
+            row = {"desideratum": name, "target": pair.targets[0], "unpatched": top(lm.model(base_run.tokens))}
+            for g in GROUPS:
+                logits = activation_patch(lm.model, base_run, source_run, heads_at(circuit.groups[g], GROUPS[g]))
+                row[GROUP_LABELS[g]] = top(logits)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("desideratum")
+
+
 def dcm_beside_paper(summary: pd.DataFrame, paper_model: str = "llama-7b") -> pd.DataFrame:
     """The DCM summary in a compact ours | paper layout: per group and desideratum, the heads DCM
     selected (of the group's candidates) and the mask's test accuracy, ours and the paper's.

@@ -159,17 +159,32 @@ def recovery_table(curves: pd.DataFrame, accuracy: float, n_layers: int, paper: 
     return table.astype({c: "Int64" for c in table.columns if "recovered" in c})
 
 
-def describe_recovery(summary: pd.DataFrame, name: str, accuracy: float) -> str:
+def recovery_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """`recovery_table` for a reader: an edge whose cut still costs in the last layer "never recovers";
+    an edge the paper's curves do not include says so, instead of an empty cell. Explained in appendix A2."""
+    view = summary.astype(object)
+    ours, paper = "ours: recovered from layer", "paper: recovered from layer"
+    view[ours] = view[ours].where(summary[ours].notna(), "never (costs even in the last layer)")
+    view[paper] = view[paper].where(summary[paper].notna(), "not in the paper's curves")
+    return view
+
+
+def describe_recovery(summary: pd.DataFrame, name: str, accuracy: float, noise: float = 0.03) -> str:
     """A paragraph, computed from `recovery_table`, on whether the circuit edges recover in the
-    paper's bottom-up order (C, then B, then A) and what the random controls cost. Explained in appendix A2."""
-    ordered = summary.dropna(subset=["ours: recovered from layer"]).set_index("edge")["ours: recovered from layer"]
-    main = [e for e in ("query_label->prev_query_label", "last->query_label", "last->object") if e in ordered]
-    same = list(ordered[main].sort_values(kind="stable").index) == main
-    cost = summary.set_index("edge")["ours: cut everywhere"]
+    paper's bottom-up order (C, then B, then A) and what the random controls cost. An edge that never
+    recovers counts as recovering after the last layer. Explained in appendix A2."""
+    table = summary.set_index("edge")
+    main = ["query_label->prev_query_label", "last->query_label", "last->object"]
+    after_last = int(table["ours: layers"].iloc[0]) + 1
+    layer = {e: (after_last if pd.isna(table.at[e, "ours: recovered from layer"])
+                 else int(table.at[e, "ours: recovered from layer"])) for e in main}
+    same = [layer[e] for e in main] == sorted(layer[e] for e in main)
+    said = [f"{e} {'never recovers' if layer[e] == after_last else f'from layer {layer[e]}'}" for e in main]
+    cost = {e: accuracy - float(table.at[e, "ours: cut everywhere"]) for e in ("last->random", "query_label->random")}
+    within = all(abs(c) <= noise for c in cost.values())
     return (f"In the paper the three circuit edges recover in the order query label → previous label (C), "
             f"then last → query label (B), then last → object (A): the circuit runs bottom-up D/C → B → A. "
-            f"In {name} the order is {'the same' if same else 'different'}: "
-            + ", ".join(f"{e} from layer {int(ordered[e])}" for e in main) + ". The random edges are controls: "
-            "cutting them everywhere costs " + ", ".join(f"{e} {accuracy - cost[e]:+.3f}"
-                                                       for e in ("last->random", "query_label->random"))
-            + " in accuracy (model minus cut).")
+            f"In {name} the order is {'the same' if same else 'different'}: " + ", ".join(said) + ". "
+            "The random edges are controls: cutting them in every layer costs "
+            + " and ".join(f"{c:+.3f} ({e})" for e, c in cost.items())
+            + f" in accuracy, {'within' if within else 'about'} the noise of the prompts ({noise}).")

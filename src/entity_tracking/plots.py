@@ -684,7 +684,8 @@ def minimality_bars(df: pd.DataFrame, thresholds: Sequence[float] = (0.01, 0.0),
     for group in groups:
         bars = alt.Chart().transform_filter(alt.datum.group == group).mark_bar().encode(
             x=alt.X("node:N", title=None, sort=None, axis=axis),
-            y=alt.Y("shown:Q", title="before / after − 1", scale=alt.Scale(domainMax=top)),
+            y=alt.Y("shown:Q", title="before / after − 1 (log)",  # the 1 % line stays visible beside
+                    scale=alt.Scale(type="symlog", constant=0.01, domainMax=top)),  # a score of 50
             color=_color("group", data["group"], legend=False),
             opacity=alt.condition("datum.infinite || datum.shown >= threshold", alt.value(1.0), alt.value(0.25)),
             tooltip=[alt.Tooltip("node:N", title="head"), alt.Tooltip("score_text:N", title="score"),

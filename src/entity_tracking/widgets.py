@@ -167,14 +167,20 @@ class PredictionView:
     def __repr__(self) -> str:
         return str(self)
 
+    def _shown(self) -> pd.DataFrame:
+        """The top tokens as a reader reads them: a check mark on the answer, not a boolean column."""
+        return self.top.assign(is_answer=self.top["is_answer"].map({True: "✓", False: ""})).rename(
+            columns={"is_answer": "the answer?"})
+
     def __str__(self) -> str:
-        table = self.top.assign(probability=self.top["probability"].round(3)).to_string(index=False)
+        shown = self._shown()
+        table = shown.assign(probability=shown["probability"].round(3)).to_string(index=False)
         return (f"{self.variant}, {self.n_boxes} boxes, example seed {self.seed}\n{self.prompt}\n"
                 f"{self._verdict()}\n{table}\n"
                 f"accuracy at {self.n_boxes} boxes: {self.accuracy:.3f} on {self.samples} prompts")
 
     def _repr_html_(self) -> str:
-        table = self.top.to_html(index=False, float_format=lambda p: f"{p:.3f}", border=0)
+        table = self._shown().to_html(index=False, float_format=lambda p: f"{p:.3f}", border=0)
         notes = "".join(f"<p><small>{n}</small></p>" for n in self.notes)
         return (f"<div><b>{html.escape(self.variant)}</b>, {self.n_boxes} boxes, example seed {self.seed}"
                 f"{self.positions_html}<p>{html.escape(self._verdict())}</p>{table}"
