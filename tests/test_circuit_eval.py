@@ -261,10 +261,31 @@ def test_repeated_ablations_are_run_once_and_answered_in_order(setup, monkeypatc
     a, b = E.circuit_only(circuit.nodes()), E.model_without(setup.model, circuit.nodes(["position_detector"]))
     expected = E.ablation_accuracies(setup, [a, b])
     calls = []
-    real = P.ablate_heads
+    real, real_after = P.ablate_heads, P.ablate_heads_after
     monkeypatch.setattr(P, "ablate_heads", lambda *args: calls.append(args[1].shape[0]) or real(*args))
+    monkeypatch.setattr(P, "ablate_heads_after", lambda *args: calls.append(args[1].shape[0]) or real_after(*args))
     assert E.ablation_accuracies(setup, [b, a, b, a]) == [expected[1], expected[0], expected[1], expected[0]]
     assert sum(calls) == 2 * len(setup.batch)
+
+
+def test_sharing_the_first_tokens_gives_the_every_token_accuracies(setup, monkeypatch):
+    """Ablations that agree on a prompt's first tokens run those tokens once per chunk; the answers
+    must be those of running every token of every ablation."""
+    circuit = small_circuit()
+    heads = circuit.nodes()
+    ablations = [E.circuit_only(heads), E.circuit_only(heads[:2]), E.circuit_only(heads, False),
+                 E.model_without(setup.model), E.model_without(setup.model, heads[:3]),
+                 E.circuit_only([], True)]
+    fast = E.ablation_accuracies(setup, ablations)
+    monkeypatch.setattr(P, "supports_prefix_reuse", lambda model: False)
+    assert E.ablation_accuracies(setup, ablations) == fast
+
+
+def test_shared_prefix_length_is_where_the_masks_first_differ():
+    keeps = torch.zeros(3, 2, 4, 6, 2, dtype=torch.bool)
+    assert P.shared_prefix_length(keeps) == 5          # all equal: every token but the last is shared
+    keeps[1, 0, 2, 3, 1] = True
+    assert P.shared_prefix_length(keeps) == 3
 
 
 def test_stored_minimality_keeps_infinite_scores(tiny, tmp_path, monkeypatch):  # noqa: F811

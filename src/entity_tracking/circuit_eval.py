@@ -203,14 +203,44 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
     chunk_size = min(cfg.batch_size, len(batch))
     per_pass = max(1, cfg.max_rows // chunk_size)
     hits = torch.zeros(len(ablations), dtype=torch.long)
-    jobs = [(chunk, start) for chunk in batch.batches(chunk_size) for start in range(0, len(ablations), per_pass)]
-    for chunk, start in progress(jobs, desc=desc, leave=False):
-        group = ablations[start: start + per_pass]
-        tokens = chunk.tokens.repeat(len(group), 1)
-        keep = torch.cat([keep_mask(setup.model, chunk, a) for a in group], dim=1)
-        logits = P.ablate_heads(setup.model, tokens, means, keep)
-        right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
-        hits[start: start + len(group)] += right.view(len(group), len(chunk)).sum(-1).cpu()
+    model = setup.model
+    if not P.supports_prefix_reuse(model):
+        jobs = [(chunk, start) for chunk in batch.batches(chunk_size) for start in range(0, len(ablations), per_pass)]
+        for chunk, start in progress(jobs, desc=desc, leave=False):
+            group = ablations[start: start + per_pass]
+            tokens = chunk.tokens.repeat(len(group), 1)
+            keep = torch.cat([keep_mask(model, chunk, a) for a in group], dim=1)
+            logits = P.ablate_heads(model, tokens, means, keep)
+            right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
+            hits[start: start + len(group)] += right.view(len(group), len(chunk)).sum(-1).cpu()
+        return (hits.double() / len(batch)).tolist()
+    # Ablations that agree on a prompt's first tokens (every circuit under the paper's ablation: all
+    # heads at their means there; every one under the local ablation: the clean model) share those
+    # tokens' run: it runs once per chunk, and each ablation runs only the tokens from the first
+    # one where they differ (the earliest of the chunk's query label and its box in the context).
+    # Prompts are ordered by that position so that a chunk's shared part is as long as it can be.
+    first = torch.stack([P.position_index(batch, p).where(P.position_index(batch, p) >= 0, batch.seq_len)
+                         for p in VITAL_POSITIONS]).min(0).values
+    order = torch.argsort(first, stable=True).tolist()
+    for chunk in progress(list(batch[order].batches(chunk_size)), desc=desc, leave=False):
+        keeps = [keep_mask(model, chunk, a) for a in ablations]
+        by_prefix: dict[bool, list[int]] = {}
+        for i, a in enumerate(ablations):
+            by_prefix.setdefault(a.ablate_other_positions, []).append(i)
+        for members in by_prefix.values():
+            stacked = torch.stack([keeps[i] for i in members])
+            start = P.shared_prefix_length(stacked)
+            prefix = P.record_ablated_prefix(model, chunk.tokens, start, means, stacked[0]) if start else None
+            for k in range(0, len(members), per_pass):
+                group = members[k: k + per_pass]
+                tokens = chunk.tokens.repeat(len(group), 1)
+                keep = torch.cat([keeps[i] for i in group], dim=1)
+                if prefix is None:
+                    logits = P.ablate_heads(model, tokens, means, keep)
+                else:
+                    logits = P.ablate_heads_after(model, tokens, means, keep[:, :, start:], prefix, start, len(group))
+                right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
+                hits[group] += right.view(len(group), len(chunk)).sum(-1).cpu()
     return (hits.double() / len(batch)).tolist()
 
 
@@ -274,24 +304,41 @@ def faithfulness(setup: AblationSetup, circuit: Circuit, draws: int | None = Non
     faithfulness = circuit / full model (the paper's Table 1 row for one model and one circuit).
     ``ablate_other_positions=False`` ablates only the heads outside the circuit at its positions.
     Explained in chapter 4."""
+    return faithfulness_many(setup, [(circuit, ablate_other_positions)], draws, seed)[0]
+
+
+def faithfulness_many(setup: AblationSetup, rows: Sequence[tuple[Circuit, bool]], draws: int | None = None,
+                      seed: int | None = None) -> list[dict]:
+    """`faithfulness` for several (circuit, ``ablate_other_positions``) rows of one model in one
+    `ablation_accuracies` call: the full model runs once, and circuits with the same nodes (or random
+    circuits of the same shape and seed) once between them. Each row is what `faithfulness` alone
+    returns. Explained in chapter 4."""
     cfg = setup.config
     draws = cfg.random_draws if draws is None else draws
     seed = cfg.random_seed if seed is None else seed
     n_layers, n_heads = P.n_layers_heads(setup.model)
-    randoms = [random_circuit(circuit, n_layers, n_heads, seed + i) for i in range(draws)]
-    ablations = [model_without(setup.model), circuit_only(circuit.nodes(), ablate_other_positions),
-                 *[circuit_only(r.nodes(), ablate_other_positions) for r in randoms]]
-    accs = ablation_accuracies(setup, ablations, desc="faithfulness")
-    full, circ, rand = accs[0], accs[1], accs[2:]
-    rand_mean = sum(rand) / len(rand) if rand else float("nan")
-    rand_sd = (sum((r - rand_mean) ** 2 for r in rand) / (len(rand) - 1)) ** 0.5 if len(rand) > 1 else 0.0
-    return {
-        "full_model": full, "circuit": circ, "random_circuit": rand_mean, "random_circuit_sd": rand_sd,
-        "random_draws": rand, "faithfulness": circ / full if full else float("nan"),
-        "random_faithfulness": rand_mean / full if full else float("nan"),
-        "circuit_heads": len(set(circuit.nodes())),
-        "forward_passes": forward_passes(setup, len(dict.fromkeys(ablations))),
-    }
+    full_model = model_without(setup.model)
+    per_row = []
+    for circuit, other in rows:
+        randoms = [random_circuit(circuit, n_layers, n_heads, seed + i) for i in range(draws)]
+        per_row.append([full_model, circuit_only(circuit.nodes(), other),
+                        *[circuit_only(r.nodes(), other) for r in randoms]])
+    unique = list(dict.fromkeys(a for ablations in per_row for a in ablations))
+    accuracy = dict(zip(unique, ablation_accuracies(setup, unique, desc="faithfulness")))
+    results = []
+    for (circuit, _), ablations in zip(rows, per_row):
+        full, circ = accuracy[ablations[0]], accuracy[ablations[1]]
+        rand = [accuracy[a] for a in ablations[2:]]
+        rand_mean = sum(rand) / len(rand) if rand else float("nan")
+        rand_sd = (sum((r - rand_mean) ** 2 for r in rand) / (len(rand) - 1)) ** 0.5 if len(rand) > 1 else 0.0
+        results.append({
+            "full_model": full, "circuit": circ, "random_circuit": rand_mean, "random_circuit_sd": rand_sd,
+            "random_draws": rand, "faithfulness": circ / full if full else float("nan"),
+            "random_faithfulness": rand_mean / full if full else float("nan"),
+            "circuit_heads": len(set(circuit.nodes())),
+            "forward_passes": forward_passes(setup, len(dict.fromkeys(ablations))),
+        })
+    return results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,10 +518,14 @@ def stored_faithfulness(model, circuit: Circuit, config: EvalConfig = DEFAULT_EV
                         ablate_other_positions: bool = True) -> dict:
     """`faithfulness` of ``circuit`` inside ``model`` (a variant name or loaded model), read from
     ``results/`` or computed and stored; the model is loaded only to compute. Explained in chapter 4."""
-    extra = {} if ablate_other_positions else {"ablate_other_positions": False}  # the paper's setting keeps its key
-    return cached("faithfulness", _params(model, circuit, config, **extra),
+    return cached("faithfulness", _faithfulness_params(model, circuit, config, ablate_other_positions),
                   lambda: faithfulness(ablation_setup(model, config), circuit,
                                        ablate_other_positions=ablate_other_positions))
+
+
+def _faithfulness_params(model, circuit: Circuit, config: EvalConfig, ablate_other_positions: bool) -> dict:
+    extra = {} if ablate_other_positions else {"ablate_other_positions": False}  # the paper's setting keeps its key
+    return _params(model, circuit, config, **extra)
 
 
 def stored_completeness(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL) -> pd.DataFrame:
@@ -536,9 +587,16 @@ def faithfulness_table(models: Sequence, circuits: Sequence[Circuit], config: Ev
     resident at a time (`variants.load`) and each uses its own reference means.
     ``ablate_other_positions`` lists the ablations to run (`Ablation`): the paper's (True), only at
     the circuit's positions (False), or both. Explained in chapter 4."""
+    from .cache import cached, result_path
+
     rows = []
     for model in progress(models, desc="models"):
-        rows += [faithfulness_row(model, circuit, config, other) for other in ablate_other_positions for circuit in circuits]
+        wanted = [(circuit, other) for other in ablate_other_positions for circuit in circuits]
+        missing = [(c, o) for c, o in wanted if not result_path("faithfulness", _faithfulness_params(model, c, config, o)).is_file()]
+        if missing:  # one batched run for every row this model lacks, each then stored under its own key
+            for (c, o), result in zip(missing, faithfulness_many(ablation_setup(model, config), missing)):
+                cached("faithfulness", _faithfulness_params(model, c, config, o), lambda result=result: result)
+        rows += [faithfulness_row(model, circuit, config, other) for circuit, other in wanted]
     return pd.DataFrame(rows)
 
 

@@ -519,6 +519,48 @@ def prefix_reuse_hooks(model, prefix: Prefix, start: int, copies: int = 1,
     return hooks, states
 
 
+def shared_prefix_length(keeps: torch.Tensor) -> int:
+    """``keeps``: ``[copies, layer, prompt, pos, head]`` masks of one chunk of prompts. The number of
+    leading positions on which every copy has the same mask, at most ``pos − 1`` (the last token
+    always runs). Explained in chapter 4."""
+    differs = (keeps != keeps[:1]).any(0).flatten(0, 1).any(0).any(-1)          # [pos]
+    first = int(differs.nonzero()[0]) if bool(differs.any()) else keeps.shape[3]
+    return min(first, keeps.shape[3] - 1)
+
+
+@torch.no_grad()
+def record_ablated_prefix(model, tokens: torch.Tensor, start: int, means: torch.Tensor,
+                          keep: torch.Tensor) -> Prefix:
+    """A `Prefix` of ``tokens[:, :start]`` (a run of those tokens only) with every head output set to
+    its position-wise mean except where ``keep`` ``[layer, prompt, pos, head]`` is True: what the
+    later tokens of a mean-ablated run attend to. The rotary angles of every position come from a
+    run of one prompt. Explained in chapter 4."""
+    n_layers = model.cfg.n_layers
+    store: dict = {}
+    run_with_hooks(model, tokens[:, :start], [*patch_hooks(model, means[:, :start].unsqueeze(1), ~keep[:, :, :start]),
+                                               *prefix_capture_hooks(n_layers, store)])
+    angles: dict = {}
+    run_with_hooks(model, tokens[:1], prefix_capture_hooks(n_layers, angles))
+    prefix = prefix_from_store(n_layers, store)
+    whole = prefix_from_store(n_layers, angles)
+    return Prefix(prefix.keys, prefix.values, whole.cos, whole.sin)
+
+
+def ablate_heads_after(model, tokens: torch.Tensor, means: torch.Tensor, keep: torch.Tensor, prefix: Prefix,
+                       start: int, copies: int) -> torch.Tensor:
+    """`ablate_heads` of ``copies`` stacked copies of ``n`` prompts whose masks agree before ``start``
+    (``prefix``: `record_ablated_prefix` of the shared part): only tokens ``start:`` run, attending to
+    the prefix's keys and values, so the logits (of those tokens) are the full runs'. ``keep`` covers
+    the run's tokens, ``[layer, copies·n, pos − start, head]``. Explained in chapter 4."""
+    hooks, states = prefix_reuse_hooks(model, prefix, start, copies)
+    suffix_means = means[:, start:].unsqueeze(1)                                  # [layer, 1, pos, head, d]
+    for layer in range(model.cfg.n_layers):
+        if bool((~keep[layer]).any()):
+            hooks.setdefault(z_name(layer), []).append(
+                lambda z, layer=layer: torch.where(keep[layer].unsqueeze(-1), z, suffix_means[layer].to(z.dtype)))
+    return run_with_hooks(model, tokens[:, start:], hook_list(hooks, states))
+
+
 def hook_list(hooks: dict[str, list[Callable]], states: Sequence[dict] = ()) -> list[tuple[str, Hook]]:
     """TransformerLens hooks that run each name's functions in order; with ``states`` (from
     `prefix_reuse_hooks`), each layer's prefix weights are dropped once its ``z`` hooks have run.
