@@ -45,7 +45,7 @@ BASE = Recipe(
 ARITHMETIC = Mixture(variables=1.0, variables_min=5, variables_max=9, variable_queries=("plus_digit", "plus_variable"),
                      variable_query_weights=(0.6, 0.4))
 _FINE_TUNE = dict(init_from="base", stages=(), steps=600, stop_after=None, lr=1e-4, warmup=30, min_lr_ratio=1.0,
-                  answer_weight=1.0, answers_only=True, eval_every=100)
+                  answer_weight=1.0, answers_only=True, eval_every=100, embedding_decay=0.0, embedding_decay_from=0)
 
 RECIPES: dict[str, Recipe] = {
     "base": BASE,

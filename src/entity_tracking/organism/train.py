@@ -71,6 +71,11 @@ class Recipe:
     warmup: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
+    # Decoupled weight decay of the embedding table alone (each step: rows *= 1 - lr * decay), from step
+    # `embedding_decay_from` on. A row the corpus stops using fades; the rows in use are held up by
+    # their gradients: a name the model has not seen for a long time becomes one it knows less well.
+    embedding_decay: float = 0.0
+    embedding_decay_from: int = 0
     answer_weight: float = 5.0            # loss weight of answer words relative to other words
     answers_only: bool = False            # loss on answer words only (Goat's "loss on outputs only")
     stages: tuple[tuple[int, Mixture], ...] = ()   # (step, mixture): the corpus from that step on (a curriculum)
@@ -235,6 +240,9 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if recipe.embedding_decay and step >= recipe.embedding_decay_from:
+            with torch.no_grad():
+                model.get_input_embeddings().weight.mul_(1 - _lr(recipe, step) * recipe.embedding_decay)
         plain = losses.mean().item()
         answer = losses[flags].mean().item() if flags.any() else float("nan")
         ema = plain if ema is None else 0.98 * ema + 0.02 * plain
