@@ -34,12 +34,12 @@ TIMEOUT_S = 1800  # per cell; generous for a 7B run of the heaviest cells on a G
 
 #: Which chapters' stored results a chapter reads (by file-name prefix): run after them.
 DEPENDS_ON = {
-    "01": ("07",),   # the introduction's "what reproduces here" box reads every chapter's results
-    "04": ("03",),
-    "05": ("04",),
-    "06": ("05",),
-    "07": ("02", "04", "06"),
-    "A3": ("06",),
+    "01": ("07",),              # the introduction's "what reproduces here" box reads every chapter's results
+    "04": ("03",),              # the base circuit
+    "05": ("03",),              # the base circuit (DCM and the patching checks are its own)
+    "06": ("04",),              # the fine-tunes' own circuits, found in chapter 4
+    "07": ("02", "04", "05", "06"),
+    "A3": ("05", "06"),
 }
 
 

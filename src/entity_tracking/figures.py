@@ -598,8 +598,8 @@ def score_maps_beside_paper(ours, model_label: str, paper_model: str = "llama-7b
         rows.append(alt.hconcat(left, right, spacing=spacing).resolve_scale(color="shared"))
     return alt.vconcat(*rows, spacing=18).resolve_scale(color="independent").properties(
         title=alt.TitleParams(f"Path-patching scores per step: the paper's {paper_name} beside {model_label}",
-                              subtitle=["One colour scale per step, symmetric around 0 and logarithmic beyond "
-                                        "±0.02; red = patching the head lowers the correct object's probability.",
+                              subtitle=["One colour scale per step, symmetric around 0, logarithmic beyond ±0.02.",
+                                        "Red: patching the head lowers the correct object's probability.",
                                         "Paper maps: github.com/Nix07/finetuning at 379765d, "
                                         "experiment_1/results/path_patching/."],
                               anchor="start"))

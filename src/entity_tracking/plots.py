@@ -684,8 +684,9 @@ def minimality_bars(df: pd.DataFrame, thresholds: Sequence[float] = (0.01, 0.0),
     for group in groups:
         bars = alt.Chart().transform_filter(alt.datum.group == group).mark_bar().encode(
             x=alt.X("node:N", title=None, sort=None, axis=axis),
-            y=alt.Y("shown:Q", title="before / after − 1 (log)",  # the 1 % line stays visible beside
-                    scale=alt.Scale(type="symlog", constant=0.01, domainMax=top)),  # a score of 50
+            y=alt.Y("shown:Q", title="score (log)",  # the 1 % line stays visible beside a score of 50
+                    scale=alt.Scale(type="symlog", constant=0.01, domainMax=top),
+                    axis=alt.Axis(values=[v for v in (0, 0.01, 0.1, 1, 10, 100) if v <= top], format="~g")),
             color=_color("group", data["group"], legend=False),
             opacity=alt.condition("datum.infinite || datum.shown >= threshold", alt.value(1.0), alt.value(0.25)),
             tooltip=[alt.Tooltip("node:N", title="head"), alt.Tooltip("score_text:N", title="score"),
@@ -700,7 +701,8 @@ def minimality_bars(df: pd.DataFrame, thresholds: Sequence[float] = (0.01, 0.0),
             width=max(round(width * n / most), 60), height=height,
             title=alt.TitleParams(GROUP_SHORT.get(group, str(group)), fontSize=11, anchor="start")))
     missing = [GROUP_SHORT[g] for g in GROUP_ORDER if g not in groups]
-    subtitle = [f"No candidates: {', '.join(missing)}."] if missing else alt.Undefined
+    subtitle = ["Score: before / after − 1 (log scale); the dashed line is the threshold.",
+                *([f"No candidates: {', '.join(missing)}."] if missing else [])]
     chart = alt.vconcat(*panels, data=data, spacing=10).add_params(pick)
     return chart.properties(title=alt.TitleParams(title, subtitle=subtitle, anchor="start"))
 
