@@ -121,8 +121,10 @@ display(Markdown(f"{variants.label(base)}'s circuit (chapter 3): " + "; ".join(
 pairs = {authors: D.desideratum_pairs("positional", prompts, n_samples, pool=n_samples,
                                       seed=pairing_seed, authors_compat=authors)
          for authors in (False, True)}
-{("authors' (B1)" if authors else "corrected"): errata.same_segment_share(p)
- for authors, p in pairs.items()}
+shares = {("authors' (B1)" if authors else "corrected"): errata.same_segment_share(p)
+          for authors, p in pairs.items()}
+display(Markdown("Share of pairs whose source queries the base prompt's own segment: "
+                 + "; ".join(f"{name} {share:.0%}" for name, share in shares.items()) + "."))
 
 # %% [markdown]
 # What those pairs do to the accuracy with *no* head patched (the floor every positional number sits
