@@ -76,6 +76,7 @@ class Recipe:
     # their gradients: a name the model has not seen for a long time becomes one it knows less well.
     embedding_decay: float = 0.0
     embedding_decay_from: int = 0
+    embedding_decay_unused_only: bool = False  # decay only the rows of tokens absent from the step's batch
     answer_weight: float = 5.0            # loss weight of answer words relative to other words
     answers_only: bool = False            # loss on answer words only (Goat's "loss on outputs only")
     stages: tuple[tuple[int, Mixture], ...] = ()   # (step, mixture): the corpus from that step on (a curriculum)
@@ -242,7 +243,14 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
         opt.step()
         if recipe.embedding_decay and step >= recipe.embedding_decay_from:
             with torch.no_grad():
-                model.get_input_embeddings().weight.mul_(1 - _lr(recipe, step) * recipe.embedding_decay)
+                table = model.get_input_embeddings().weight
+                factor = 1 - _lr(recipe, step) * recipe.embedding_decay
+                if recipe.embedding_decay_unused_only:
+                    unused = torch.ones(table.shape[0], dtype=torch.bool)
+                    unused[tokens.unique()] = False
+                    table[unused] *= factor
+                else:
+                    table.mul_(factor)
         plain = losses.mean().item()
         answer = losses[flags].mean().item() if flags.any() else float("nan")
         ema = plain if ema is None else 0.98 * ema + 0.02 * plain
