@@ -625,8 +625,9 @@ def _remember(batch: "TaskBatch", known: dict) -> None:
 def _layout_of(examples: Sequence[Example], tokenizer, known: dict) -> None:
     """Tokens and positions of prompts, grouped by length (a batch must share one)."""
     by_length: dict[tuple, list[Example]] = {}
-    for ex in examples:
-        by_length.setdefault((ex.n_boxes, len(_encode(tokenizer, [render(ex).text])[0][0])), []).append(ex)
+    ids, _ = _encode(tokenizer, [render(ex).text for ex in examples])  # one tokenizer call for all
+    for ex, tokens in zip(examples, ids):
+        by_length.setdefault((ex.n_boxes, len(tokens)), []).append(ex)
     for group in by_length.values():
         _remember(_tokenize_new(group, tokenizer, [None] * len(group), "word"), known)
 

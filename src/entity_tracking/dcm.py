@@ -449,13 +449,16 @@ def _prefix_if_affordable(model, tokens: torch.Tensor, budget_mb: int) -> P.Pref
 
 
 def shared_records(lm, pairs: D.PairBatch, runs: Sequence[tuple[Sequence[Sequence[int]], str]],
-                   config: DCMConfig = DEFAULT_DCM) -> SharedRecords:
+                   config: DCMConfig = DEFAULT_DCM, prefix: P.Prefix | None = None) -> SharedRecords:
     """Record once what the DCM runs ``(heads, group)`` on ``pairs`` read: the source outputs of
-    their heads and the base prompts' clean run. Explained in chapter 5."""
+    their heads and the base prompts' clean run (``prefix``, when another desideratum with the same
+    base prompts recorded it already). Explained in chapter 5."""
     pairs = pairs[:config.n_pairs]
     outputs = P.HeadOutputs.record(lm.model, pairs.source, _nodes_of(runs, config), RECORD_BATCH,
                                    desc="source activations")
-    return SharedRecords(outputs, _prefix_if_affordable(lm.model, pairs.base.tokens, config.prefix_budget_mb))
+    if prefix is None:
+        prefix = _prefix_if_affordable(lm.model, pairs.base.tokens, config.prefix_budget_mb)
+    return SharedRecords(outputs, prefix)
 
 
 def _nodes_of(runs: Sequence[tuple[Sequence[Sequence[int]], str]], config: DCMConfig) -> list[P.Node]:
@@ -487,8 +490,12 @@ def mask_jobs(lm, runs: Sequence[tuple[Sequence[Sequence[int]], str, str]], conf
         for d, p in pairs.items():
             shared[d] = SharedRecords(outputs, prefix, torch.tensor([row[ex] for ex in p.source.examples]))
     else:
+        # rewritten sources (the appendix's desiderata) need their own recordings, but the base prompts
+        # are still the task's first lines: their clean run is recorded once for all of them
+        same_bases = desiderata and all(tuple(p.base.examples) == tuple(bases.examples) for p in pairs.values())
+        prefix = _prefix_if_affordable(lm.model, bases.tokens, config.prefix_budget_mb) if same_bases else None
         for d in desiderata:
-            shared[d] = shared_records(lm, pairs[d], [(h, g) for h, g, dd in runs if dd == d], config)
+            shared[d] = shared_records(lm, pairs[d], [(h, g) for h, g, dd in runs if dd == d], config, prefix)
     return [mask_job(lm, heads, group, d, config, pairs[d], shared[d]) for heads, group, d in runs]
 
 
