@@ -97,7 +97,7 @@ def _recovery_summary(object_layer):
 
 def test_an_edge_that_never_recovers_is_said_so_and_counts_as_last_in_the_order():
     summary = _recovery_summary(None)
-    view = K.recovery_view(summary).set_index("edge")
+    view = K.recovery_view(summary)
     assert view.at["last->object", "ours: recovered from layer"].startswith("never")
     assert view.at["last->random", "paper: recovered from layer"] == "not in the paper's curves"
     text = K.describe_recovery(summary, "m", 0.708)

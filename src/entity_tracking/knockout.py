@@ -166,7 +166,7 @@ def recovery_view(summary: pd.DataFrame) -> pd.DataFrame:
     ours, paper = "ours: recovered from layer", "paper: recovered from layer"
     view[ours] = view[ours].where(summary[ours].notna(), "never (costs even in the last layer)")
     view[paper] = view[paper].where(summary[paper].notna(), "not in the paper's curves")
-    return view
+    return view.set_index("edge")
 
 
 def describe_recovery(summary: pd.DataFrame, name: str, accuracy: float, noise: float = 0.03) -> str:
