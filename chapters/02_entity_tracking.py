@@ -185,9 +185,10 @@ plots.ours_beside_paper_table(ours, beside)
 
 # %% tags=["hide-input"]
 print("paper numbers:", ref.provenance("table1"))
+TABLE1_WORDS = {"full_model": "full model", "llama_circuit": "Llama-7B circuit",
+                "random_circuit": "random circuits"}
 ref.table1().drop(columns=["source", "provenance"]).set_index("model").rename(
-    index=ref.MODEL_TITLES, columns={"full_model": "full model", "llama_circuit": "Llama-7B circuit",
-                                     "random_circuit": "random circuits"})
+    index=ref.MODEL_TITLES, columns=TABLE1_WORDS)
 
 # %% [markdown]
 # What matches and what does not, computed from the two tables above (a difference counts when it

@@ -312,7 +312,8 @@ paper_step1 = {m: ref.path_patching_score_maps(m)["value_fetcher"] for m in ("ll
 shift = errata.step1_summary(maps)
 shift.columns = ["corrected", "our compat mode", "the authors' split"]
 shift["paper, Goat-7B"] = errata.step1_summary({"goat": paper_step1["goat-7b"]})["goat"]
-floored = errata.step1_summary(errata.step1_score_maps(step1["merged"], step1["compat"], p_floor=0.05))
+floored_maps = errata.step1_score_maps(step1["merged"], step1["compat"], p_floor=0.05)
+floored = errata.step1_summary(floored_maps)
 shift.loc["mean score, p clean ≥ 0.05"] = [*floored.loc["mean score over heads"], "—"]
 shift.loc[["mean score over heads", "mean score, p clean ≥ 0.05", "most negative", "largest",
            "top head"]].map(
@@ -335,7 +336,8 @@ display(Markdown(
     "(chapter 3's robust companion) they are "
     + ", ".join(f"{v:+.3f} {k}" for k, v in zip(["corrected", "compat", "split"],
                                                 floored.loc["mean score over heads"]))
-    + f", so the sizes above say more about those prompts than about the heads. The paper's Goat map has mean "
+    + ", so the sizes above say more about those prompts than about the heads. "
+    f"The paper's Goat map has mean "
     f"{float(paper_step1['goat-7b'].mean()):+.3f} and no positive head (largest "
     f"{float(paper_step1['goat-7b'].max()):+.3f}); LLaMA-7B's, from the same code without an "
     f"adapter, has mean {float(paper_step1['llama-7b'].mean()):+.3f}. Goat-7B's update raised the "
