@@ -281,12 +281,6 @@ def test_sharing_the_first_tokens_gives_the_every_token_accuracies(setup, monkey
     assert E.ablation_accuracies(setup, ablations) == fast
 
 
-def test_shared_prefix_length_is_where_the_masks_first_differ():
-    keeps = torch.zeros(3, 2, 4, 6, 2, dtype=torch.bool)
-    assert P.shared_prefix_length(keeps) == 5          # all equal: every token but the last is shared
-    keeps[1, 0, 2, 3, 1] = True
-    assert P.shared_prefix_length(keeps) == 3
-
 
 def test_stored_minimality_keeps_infinite_scores(tiny, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))

@@ -204,37 +204,28 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
     per_pass = max(1, cfg.max_rows // chunk_size)
     hits = torch.zeros(len(ablations), dtype=torch.long)
     model = setup.model
-    if not P.supports_prefix_reuse(model):
-        jobs = [(chunk, start) for chunk in batch.batches(chunk_size) for start in range(0, len(ablations), per_pass)]
-        for chunk, start in progress(jobs, desc=desc, leave=False):
-            group = ablations[start: start + per_pass]
-            tokens = chunk.tokens.repeat(len(group), 1)
-            keep = torch.cat([keep_mask(model, chunk, a) for a in group], dim=1)
-            logits = P.ablate_heads(model, tokens, means, keep)
-            right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
-            hits[start: start + len(group)] += right.view(len(group), len(chunk)).sum(-1).cpu()
-        return (hits.double() / len(batch)).tolist()
-    # Ablations that agree on a prompt's first tokens (every circuit under the paper's ablation: all
-    # heads at their means there; every one under the local ablation: the clean model) share those
-    # tokens' run: it runs once per chunk, and each ablation runs only the tokens from the first
-    # one where they differ (the earliest of the chunk's query label and its box in the context).
-    # Prompts are ordered by that position so that a chunk's shared part is as long as it can be.
-    first = torch.stack([P.position_index(batch, p).where(P.position_index(batch, p) >= 0, batch.seq_len)
-                         for p in VITAL_POSITIONS]).min(0).values
-    order = torch.argsort(first, stable=True).tolist()
-    for chunk in progress(list(batch[order].batches(chunk_size)), desc=desc, leave=False):
-        keeps = [keep_mask(model, chunk, a) for a in ablations]
-        by_prefix: dict[bool, list[int]] = {}
-        for i, a in enumerate(ablations):
-            by_prefix.setdefault(a.ablate_other_positions, []).append(i)
-        for members in by_prefix.values():
-            stacked = torch.stack([keeps[i] for i in members])
-            start = P.shared_prefix_length(stacked)
-            prefix = P.record_ablated_prefix(model, chunk.tokens, start, means, stacked[0]) if start else None
+    # Every ablation keeps or ablates every head alike before a prompt's first vital position (the
+    # paper's rule: all heads at their means there; the local one: the clean model), so the ablations
+    # of one rule share those tokens' run: it runs once per chunk, and each ablation runs only the
+    # tokens from the chunk's earliest vital position on. Prompts are ordered by that position so
+    # that a chunk's shared part is as long as it can be.
+    reuse = P.supports_prefix_reuse(model)
+    if reuse:
+        batch = batch[torch.argsort(_first_vital(batch), stable=True).tolist()]
+        angles = P.record_prefix(model, batch.tokens[:1])  # every position's rotary angles, once
+    by_rule: dict[bool, list[int]] = {}
+    for i, a in enumerate(ablations):
+        by_rule.setdefault(a.ablate_other_positions, []).append(i)
+    for chunk in progress(list(batch.batches(chunk_size)), desc=desc, leave=False):
+        start = min(int(_first_vital(chunk).min()), chunk.seq_len - 1) if reuse else 0
+        for members in by_rule.values():
+            prefix = (P.record_ablated_prefix(model, chunk.tokens, start, means,
+                                              keep_mask(model, chunk, ablations[members[0]]), angles)
+                      if start else None)
             for k in range(0, len(members), per_pass):
                 group = members[k: k + per_pass]
                 tokens = chunk.tokens.repeat(len(group), 1)
-                keep = torch.cat([keeps[i] for i in group], dim=1)
+                keep = torch.cat([keep_mask(model, chunk, ablations[i]) for i in group], dim=1)
                 if prefix is None:
                     logits = P.ablate_heads(model, tokens, means, keep)
                 else:
@@ -242,6 +233,12 @@ def ablation_accuracies(setup: AblationSetup, ablations: Sequence[Ablation], n_p
                 right = (P.last_logits(logits).argmax(-1) == chunk.answer_ids.repeat(len(group)))
                 hits[group] += right.view(len(group), len(chunk)).sum(-1).cpu()
     return (hits.double() / len(batch)).tolist()
+
+
+def _first_vital(batch: D.TaskBatch) -> torch.Tensor:
+    """Per prompt, its first token at one of `VITAL_POSITIONS` (the sequence length if none)."""
+    index = [P.position_index(batch, p) for p in VITAL_POSITIONS]
+    return torch.stack([i.where(i >= 0, batch.seq_len) for i in index]).min(0).values
 
 
 def forward_passes(setup: AblationSetup, n_ablations: int, n_prompts: int | None = None) -> int:

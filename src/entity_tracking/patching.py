@@ -519,31 +519,19 @@ def prefix_reuse_hooks(model, prefix: Prefix, start: int, copies: int = 1,
     return hooks, states
 
 
-def shared_prefix_length(keeps: torch.Tensor) -> int:
-    """``keeps``: ``[copies, layer, prompt, pos, head]`` masks of one chunk of prompts. The number of
-    leading positions on which every copy has the same mask, at most ``pos − 1`` (the last token
-    always runs). Explained in chapter 4."""
-    differs = (keeps != keeps[:1]).any(0).flatten(0, 1).any(0).any(-1)          # [pos]
-    first = int(differs.nonzero()[0]) if bool(differs.any()) else keeps.shape[3]
-    return min(first, keeps.shape[3] - 1)
-
-
 @torch.no_grad()
 def record_ablated_prefix(model, tokens: torch.Tensor, start: int, means: torch.Tensor,
-                          keep: torch.Tensor) -> Prefix:
+                          keep: torch.Tensor, angles: Prefix) -> Prefix:
     """A `Prefix` of ``tokens[:, :start]`` (a run of those tokens only) with every head output set to
     its position-wise mean except where ``keep`` ``[layer, prompt, pos, head]`` is True: what the
-    later tokens of a mean-ablated run attend to. The rotary angles of every position come from a
-    run of one prompt. Explained in chapter 4."""
+    later tokens of a mean-ablated run attend to. ``angles``: any `record_prefix` of prompts as long
+    as ``tokens``, for every position's rotary angles. Explained in chapter 4."""
     n_layers = model.cfg.n_layers
     store: dict = {}
     run_with_hooks(model, tokens[:, :start], [*patch_hooks(model, means[:, :start].unsqueeze(1), ~keep[:, :, :start]),
                                                *prefix_capture_hooks(n_layers, store)])
-    angles: dict = {}
-    run_with_hooks(model, tokens[:1], prefix_capture_hooks(n_layers, angles))
     prefix = prefix_from_store(n_layers, store)
-    whole = prefix_from_store(n_layers, angles)
-    return Prefix(prefix.keys, prefix.values, whole.cos, whole.sin)
+    return Prefix(prefix.keys, prefix.values, angles.cos, angles.sin)
 
 
 def ablate_heads_after(model, tokens: torch.Tensor, means: torch.Tensor, keep: torch.Tensor, prefix: Prefix,
