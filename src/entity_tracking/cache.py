@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -95,16 +95,42 @@ def save_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def _stored(path: Path) -> Any:
+    return _decode(json.loads(path.read_text())["result"])
+
+
+def _store(path: Path, name: str, params: dict, result: Any) -> Any:
+    payload = {"name": name, "params": _canonical(params), "result": _encode(result)}
+    save_json(path, payload)
+    # Return what a later run will read back, so a chapter prints the same whether it computed or read.
+    return _decode(json.loads(json.dumps(payload["result"])))
+
+
+def _fresh() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") == "0"
+
+
 def cached(name: str, params: dict, compute: Callable[[], Any]) -> Any:
     """The stored result of ``compute()`` for these parameters, computing and storing it if absent.
 
     The result may be a DataFrame, or dicts/lists of DataFrames and JSON values (tuples come back as
     lists, floats rounded to 15 significant digits). Explained in chapter 3."""
     path = result_path(name, params)
-    if path.is_file() and os.environ.get(ENV_SWITCH, "1") != "0":
-        stored = json.loads(path.read_text())
-        return _decode(stored["result"])
-    payload = {"name": name, "params": _canonical(params), "result": _encode(compute())}
-    save_json(path, payload)
-    # Return what a later run will read back, so a chapter prints the same whether it computed or read.
-    return _decode(json.loads(json.dumps(payload["result"])))
+    if path.is_file() and not _fresh():
+        return _stored(path)
+    return _store(path, name, params, compute())
+
+
+def cached_many(name: str, params: Sequence[dict], compute_missing: Callable[[list[int]], Sequence[Any]]) -> list:
+    """`cached` for a list of experiments that are cheaper computed together (one batched run per
+    model): ``compute_missing(indices)`` gets the positions in ``params`` of every result not stored
+    (all of them under ``ET_CACHE=0``) and returns their results in that order; each is stored under
+    its own parameters, so a later call that needs only some of them reads them back one by one.
+    Explained in chapter 4."""
+    paths = [result_path(name, p) for p in params]
+    todo = [i for i, path in enumerate(paths) if _fresh() or not path.is_file()]
+    computed = dict(zip(todo, compute_missing(todo))) if todo else {}
+    if len(computed) != len(todo):
+        raise ValueError(f"compute_missing returned {len(computed)} results for {len(todo)} experiments")
+    return [_store(path, name, p, computed[i]) if i in computed else _stored(path)
+            for i, (p, path) in enumerate(zip(params, paths))]

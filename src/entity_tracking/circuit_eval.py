@@ -547,9 +547,13 @@ def faithfulness_row(model, circuit: Circuit, config: EvalConfig = DEFAULT_EVAL,
                      ablate_other_positions: bool = True) -> dict:
     """One row of the paper's Table 1 layout: model, circuit, full model, circuit, random, faithfulness.
     Explained in chapter 4."""
+    return _table1_row(model, circuit, ablate_other_positions,
+                       stored_faithfulness(model, circuit, config, ablate_other_positions))
+
+
+def _table1_row(model, circuit: Circuit, ablate_other_positions: bool, result: dict) -> dict:
     from .variants import label
 
-    result = stored_faithfulness(model, circuit, config, ablate_other_positions)
     return {"model": label(model), "circuit_of": circuit.model, "ablate_other_positions": ablate_other_positions,
             **{k: result[k] for k in ("full_model", "circuit", "random_circuit", "random_circuit_sd", "faithfulness")}}
 
@@ -584,16 +588,15 @@ def faithfulness_table(models: Sequence, circuits: Sequence[Circuit], config: Ev
     resident at a time (`variants.load`) and each uses its own reference means.
     ``ablate_other_positions`` lists the ablations to run (`Ablation`): the paper's (True), only at
     the circuit's positions (False), or both. Explained in chapter 4."""
-    from .cache import cached, result_path
+    from .cache import cached_many
 
     rows = []
     for model in progress(models, desc="models"):
         wanted = [(circuit, other) for other in ablate_other_positions for circuit in circuits]
-        missing = [(c, o) for c, o in wanted if not result_path("faithfulness", _faithfulness_params(model, c, config, o)).is_file()]
-        if missing:  # one batched run for every row this model lacks, each then stored under its own key
-            for (c, o), result in zip(missing, faithfulness_many(ablation_setup(model, config), missing)):
-                cached("faithfulness", _faithfulness_params(model, c, config, o), lambda result=result: result)
-        rows += [faithfulness_row(model, circuit, config, other) for circuit, other in wanted]
+        results = cached_many(  # one batched run for every row this model lacks, each stored under its own key
+            "faithfulness", [_faithfulness_params(model, c, config, o) for c, o in wanted],
+            lambda todo: faithfulness_many(ablation_setup(model, config), [wanted[i] for i in todo]))
+        rows += [_table1_row(model, c, o, r) for (c, o), r in zip(wanted, results)]
     return pd.DataFrame(rows)
 
 

@@ -672,21 +672,14 @@ def stored_dcms(model, runs: Sequence[tuple[Sequence[Sequence[int]], str, str]],
     "history"}`` per run. The model (a variant name or a loaded model) is loaded only to train.
     Explained in chapter 5."""
     from . import variants
-    from .cache import cached, result_path
+    from .cache import cached_many
 
-    import os
-
-    params = [_run_params(model, heads, group, d, config) for heads, group, d in runs]
-    fresh = os.environ.get("ET_CACHE", "1") == "0"
-    todo = [i for i, p in enumerate(params) if fresh or not result_path(_stored_name(model), p).is_file()]
-    computed = {}
-    if todo:
+    def train_missing(todo: list[int]) -> list[dict]:
         lm = variants.load(model)
-        jobs = mask_jobs(lm, [runs[i] for i in todo], config)
-        for i, result in zip(todo, run_dcms(lm, jobs, config)):
-            computed[i] = _as_stored(result)
-    return [cached(_stored_name(model), p, lambda i=i: computed[i]) if i in computed or not fresh
-            else computed[i] for i, p in enumerate(params)]
+        return [_as_stored(r) for r in run_dcms(lm, mask_jobs(lm, [runs[i] for i in todo], config), config)]
+
+    return cached_many(_stored_name(model), [_run_params(model, heads, group, d, config) for heads, group, d in runs],
+                       train_missing)
 
 
 def stored_dcm(model, heads: Sequence[Sequence[int]], group: str, desideratum: str,
