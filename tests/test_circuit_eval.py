@@ -281,7 +281,6 @@ def test_sharing_the_first_tokens_gives_the_every_token_accuracies(setup, monkey
     assert E.ablation_accuracies(setup, ablations) == fast
 
 
-
 def test_stored_minimality_keeps_infinite_scores(tiny, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ET_RESULTS_DIR", str(tmp_path))
     fresh = E.minimality(E.ablation_setup(tiny, SMALL), small_circuit())

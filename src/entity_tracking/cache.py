@@ -128,7 +128,8 @@ def cached_many(name: str, params: Sequence[dict], compute_missing: Callable[[li
     its own parameters, so a later call that needs only some of them reads them back one by one.
     Explained in chapter 4."""
     paths = [result_path(name, p) for p in params]
-    todo = [i for i, path in enumerate(paths) if _fresh() or not path.is_file()]
+    fresh = _fresh()
+    todo = [i for i, path in enumerate(paths) if fresh or not path.is_file()]
     computed = dict(zip(todo, compute_missing(todo))) if todo else {}
     if len(computed) != len(todo):
         raise ValueError(f"compute_missing returned {len(computed)} results for {len(todo)} experiments")
