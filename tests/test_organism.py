@@ -1,6 +1,7 @@
 """The organism: its corpora, its trainer, and the shipped checkpoints."""
 
 import json
+import math
 import re
 import random
 import shutil
@@ -98,6 +99,21 @@ def test_a_reduced_organism_learns_two_boxes_in_seconds(tmp_path):
     curve = [row["answer_loss"] for row in manifest["learning_curve"]]
     assert curve[-1] < 4.0 and curve[-1] < curve[0]
     assert accuracy > 0.3   # chance over the vocabulary is 1/170; one of the two objects at random gives 0.5
+
+
+def test_gradient_cosine_of_a_lora_on_the_mlps_alone_has_no_attention_part(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from entity_tracking.organism.gates import gradient_cosine
+    from entity_tracking.organism.train import new_model
+
+    model = get_peft_model(new_model(ModelShape(n_layers=1, d_model=32, n_heads=2, d_mlp=64), tokenizer, seed=0),
+                           LoraConfig(r=2, lora_alpha=2, target_modules=["gate_proj", "up_proj", "down_proj"]))
+    arithmetic = RECIPES["float"].mixture
+    objects = single_token_words(OBJECTS, tokenizer)
+    common = dict(n_batches=1, batch_size=2, seq_len=32)
+    assert math.isnan(gradient_cosine(model, tokenizer, arithmetic, objects, attention_only=True, **common))
+    assert -1.0 <= gradient_cosine(model, tokenizer, arithmetic, objects, **common) <= 1.0
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no organism checkpoint has been trained yet")

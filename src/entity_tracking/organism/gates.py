@@ -140,8 +140,10 @@ def gradient_cosine(model, tokenizer, mixture: C.Mixture, objects: Sequence[str]
     Explained in appendix A1."""
     from .train import Encoder, Recipe, Stream, weighted_loss
 
-    params = [(name, p) for name, p in model.named_parameters()
-              if not attention_only or any(k in name for k in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad and
+              (not attention_only or any(k in name for k in ("q_proj", "k_proj", "v_proj", "o_proj")))]
+    if not params:  # nothing of the kind is trained (a LoRA on the MLPs alone has no attention weights)
+        return float("nan")
 
     def flat() -> torch.Tensor:
         return torch.cat([p.grad.flatten() for _, p in params if p.grad is not None])
