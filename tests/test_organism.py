@@ -101,6 +101,29 @@ def test_a_reduced_organism_learns_two_boxes_in_seconds(tmp_path):
     assert accuracy > 0.3   # chance over the vocabulary is 1/170; one of the two objects at random gives 0.5
 
 
+def test_a_run_resumed_from_a_saved_state_writes_the_weights_of_a_run_from_scratch(tmp_path):
+    common = corpus.Mixture(boxes=0.6, variables=0.4, list_lengths=(0, 1, 1))
+    early = replace(common, rare_labels="NOPQRSTUVWXYZ", rare_keep=0.1)   # a stage with its own random stream
+    recipe = Recipe(name="tiny", mixture=common, stages=((10, early),), steps=40, batch_size=4, seq_len=32,
+                    eval_every=20, eval_samples=10, threads=1, shape=ModelShape(n_layers=1, d_model=32, n_heads=2, d_mlp=64))
+    quiet = dict(log=lambda s: None)
+
+    def hashes(name):
+        return json.loads((tmp_path / name / "manifest.json").read_text())["sha256"]
+
+    train(recipe, tmp_path / "scratch", tmp_path, save_state=(25, tmp_path / "at25.pt"), **quiet)
+    resumed = train(recipe, tmp_path / "resumed", tmp_path, resume=tmp_path / "at25.pt", **quiet)
+    assert hashes("resumed") == hashes("scratch")
+    assert [r["step"] for r in resumed["learning_curve"]] == [20, 40]
+    later = replace(recipe, stages=recipe.stages + ((30, replace(early, rare_keep=0.5)),))
+    train(later, tmp_path / "later", tmp_path, resume=tmp_path / "at25.pt", **quiet)
+    assert hashes("later") != hashes("scratch")
+    changed_early = replace(recipe, stages=((10, replace(early, rare_keep=0.5)),))
+    with pytest.raises(ValueError, match="differs .* before step 25"):
+        train(changed_early, tmp_path / "bad", tmp_path, resume=tmp_path / "at25.pt", **quiet)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
 def test_gradient_cosine_of_a_lora_on_the_mlps_alone_has_no_attention_part(tokenizer):
     from peft import LoraConfig, get_peft_model
 

@@ -355,4 +355,5 @@ class Mixture:
                 return filler_document(rng, objects)
             return chat_document(rng, objects)
 
+        sample.relabel = relabel  # its own random stream: a saved training state records it (`train.train`)
         return sample

@@ -192,8 +192,23 @@ def validation_accuracy(model, tokenizer, objects, boxes=range(2, 8), n_samples:
     return out
 
 
-def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
-    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest. Explained in appendix A1."""
+def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, save_state: tuple[int, Path] | None = None,
+          resume: Path | None = None) -> dict:
+    """Train ``recipe`` and write its checkpoint to ``out_dir``; returns the manifest.
+
+    ``save_state=(step, path)`` also saves everything the run depends on after ``step`` steps (weights,
+    optimiser, the corpus's random state and packing buffer, curve so far); ``resume=path`` continues
+    from such a file. A recipe that differs from the saved one only in what it does from that step on
+    (a later stage) then trains in a fraction of the time, to the weights a run from scratch writes,
+    bit for bit (`tests/test_organism.py`). Explained in appendix A1."""
+    if save_state is not None and not 0 < save_state[0] <= (recipe.stop_after or recipe.steps):
+        raise ValueError(f"save_state step {save_state[0]} is outside the run's {recipe.stop_after or recipe.steps} steps")
+    state = None
+    if resume is not None:  # checked before anything is written
+        state = torch.load(resume, weights_only=False)
+        if state["prefix"] != _prefix(recipe, state["step"]):
+            raise ValueError(f"{resume} was saved by a recipe that differs from {recipe.name!r} before step "
+                             f"{state['step']}; resume only a recipe whose changes start at or after that step")
     torch.set_num_threads(recipe.threads)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -229,9 +244,20 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
         cosines["start"] = _cosines(model, tokenizer, recipe, objects)
         log(json.dumps({"gradient_cosine_with_7_boxes": cosines["start"]}))
     ema = ema_answer = None
+    first = 0
+    if state is not None:
+        first = state["step"]
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimiser"])
+        stream.rng.setstate(state["corpus_rng"])
+        stream.buffer, stream.answer_flags = state["buffer"], state["answer_flags"]
+        for (_, sample), label_rng in zip(stream.samplers, state["label_rngs"]):
+            if label_rng is not None and getattr(sample, "relabel", None) is not None:
+                sample.relabel.rng.setstate(label_rng)
+        ema, ema_answer, curve, cosines = state["ema"], state["ema_answer"], state["curve"], state["cosines"]
     start = time.time()
     n_steps = recipe.stop_after or recipe.steps
-    bar = progress(range(n_steps), desc=f"training {recipe.name}")
+    bar = progress(range(first, n_steps), desc=f"training {recipe.name}")
     for step in bar:
         tokens, weights, flags = stream.batch(step)
         for group in opt.param_groups:
@@ -263,9 +289,32 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print) -> dict:
             curve.append({"step": step + 1, "loss": round(ema, 4), "answer_loss": round(ema_answer or 0, 4),
                           "seconds": seconds, **row})
             log(json.dumps(curve[-1]))
+        if save_state is not None and step + 1 == save_state[0]:
+            _save_state(Path(save_state[1]), recipe, step + 1, model, opt, stream, ema, ema_answer, curve, cosines)
     if recipe.init_from is not None:
         cosines["end"] = _cosines(model, tokenizer, recipe, objects)
     return _save(model, recipe, curve, time.time() - start, tmp, out_dir, {"gradient_cosine": cosines} if cosines else {})
+
+
+def _prefix(recipe: Recipe, step: int) -> dict:
+    """What the first ``step`` steps of a run depend on: the recipe without its name, evaluation
+    settings and the stages that start later."""
+    key = asdict(recipe)
+    for field in ("name", "eval_every", "eval_samples", "stop_after", "stages"):
+        key.pop(field)
+    key["stages"] = [asdict(mixture) | {"from": start} for start, mixture in recipe.stages if start < step]
+    return key
+
+
+def _save_state(path: Path, recipe: Recipe, step: int, model, opt, stream: Stream, ema, ema_answer, curve, cosines):
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"step": step, "prefix": _prefix(recipe, step), "model": model.state_dict(), "optimiser": opt.state_dict(),
+                "corpus_rng": stream.rng.getstate(), "buffer": list(stream.buffer),
+                "answer_flags": list(stream.answer_flags),
+                "label_rngs": [s.relabel.rng.getstate() if getattr(s, "relabel", None) else None for _, s in stream.samplers],
+                "ema": ema, "ema_answer": ema_answer, "curve": list(curve),
+                "cosines": dict(cosines)}, tmp)
+    tmp.replace(path)
 
 
 def _cosines(model, tokenizer, recipe: Recipe, objects) -> dict:
