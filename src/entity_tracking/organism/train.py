@@ -201,8 +201,9 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, save_stat
     from such a file. A recipe that differs from the saved one only in what it does from that step on
     (a later stage) then trains in a fraction of the time, to the weights a run from scratch writes,
     bit for bit (`tests/test_organism.py`). Explained in appendix A1."""
-    if save_state is not None and not 0 < save_state[0] <= (recipe.stop_after or recipe.steps):
-        raise ValueError(f"save_state step {save_state[0]} is outside the run's {recipe.stop_after or recipe.steps} steps")
+    n_steps = recipe.stop_after or recipe.steps
+    if save_state is not None and not 0 < save_state[0] <= n_steps:
+        raise ValueError(f"save_state step {save_state[0]} is outside the run's {n_steps} steps")
     state = None
     if resume is not None:  # checked before anything is written
         state = torch.load(resume, weights_only=False)
@@ -240,7 +241,8 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, save_stat
     stream = Stream(recipe, Encoder(tokenizer), objects, HeldOut(objects))
     curve = []
     cosines = {}
-    if recipe.init_from is not None:  # gate (c): does this corpus push the weights the way 7 boxes do?
+    # gate (c): does this corpus push the weights the way 7 boxes do? (a resumed run has it in its state)
+    if recipe.init_from is not None and state is None:
         cosines["start"] = _cosines(model, tokenizer, recipe, objects)
         log(json.dumps({"gradient_cosine_with_7_boxes": cosines["start"]}))
     ema = ema_answer = None
@@ -252,11 +254,10 @@ def train(recipe: Recipe, out_dir: Path, checkpoints: Path, log=print, save_stat
         stream.rng.setstate(state["corpus_rng"])
         stream.buffer, stream.answer_flags = state["buffer"], state["answer_flags"]
         for (_, sample), label_rng in zip(stream.samplers, state["label_rngs"]):
-            if label_rng is not None and getattr(sample, "relabel", None) is not None:
+            if label_rng is not None and sample.relabel is not None:
                 sample.relabel.rng.setstate(label_rng)
         ema, ema_answer, curve, cosines = state["ema"], state["ema_answer"], state["curve"], state["cosines"]
     start = time.time()
-    n_steps = recipe.stop_after or recipe.steps
     bar = progress(range(first, n_steps), desc=f"training {recipe.name}")
     for step in bar:
         tokens, weights, flags = stream.batch(step)
@@ -311,7 +312,7 @@ def _save_state(path: Path, recipe: Recipe, step: int, model, opt, stream: Strea
     torch.save({"step": step, "prefix": _prefix(recipe, step), "model": model.state_dict(), "optimiser": opt.state_dict(),
                 "corpus_rng": stream.rng.getstate(), "buffer": list(stream.buffer),
                 "answer_flags": list(stream.answer_flags),
-                "label_rngs": [s.relabel.rng.getstate() if getattr(s, "relabel", None) else None for _, s in stream.samplers],
+                "label_rngs": [s.relabel.rng.getstate() if s.relabel else None for _, s in stream.samplers],
                 "ema": ema, "ema_answer": ema_answer, "curve": list(curve),
                 "cosines": dict(cosines)}, tmp)
     tmp.replace(path)
